@@ -1,0 +1,122 @@
+"""pytest plugin: real database servers for tests (see :mod:`multipool.testing`).
+
+Fixtures (session scope): ``postgres_server``, ``mysql_server`` and
+``postgres_replica`` (a streaming replica of ``postgres_server``). Tests using
+them get the ``postgresql`` / ``mysql`` marker automatically. When a server cannot
+be started the tests needing it are skipped with the reason, or fail with it when
+``CI=true``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import pytest
+
+from multipool.testing.servers import (
+    ENV_BACKEND,
+    STARTUP_LOG,
+    TestServer,
+    in_ci,
+    start_mysql,
+    start_postgres,
+)
+
+if TYPE_CHECKING:
+    from multipool.testing.mysql import MySQLServer
+    from multipool.testing.postgres import PostgresServer
+    from multipool.testing.replica import PostgresReplica
+
+S = TypeVar("S", bound=TestServer)
+
+_MARKERS = {
+    "postgres_server": "postgresql",
+    "postgres_replica": "postgresql",
+    "mysql_server": "mysql",
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, help_text in (
+        ("postgresql", "needs the PostgreSQL test server"),
+        ("mysql", "needs the MySQL/MariaDB test server"),
+    ):
+        config.addinivalue_line("markers", f"{name}: {help_text}")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    backend = os.environ.get(ENV_BACKEND, "auto") or "auto"
+    ci = "yes (unavailable servers fail)" if in_ci() else "no (unavailable servers skip)"
+    return f"multipool test servers: backend={backend}, CI={ci}"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture, marker in _MARKERS.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(getattr(pytest.mark, marker))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for line in STARTUP_LOG:
+        terminalreporter.write_line(line)
+
+
+def _server(label: str, starter: Callable[[], S]) -> Iterator[S]:
+    try:
+        server = starter()
+    except Exception as exc:
+        reason = f"multipool: cannot start the {label} test server: {type(exc).__name__}: {exc}"
+        if in_ci():
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL server with TLS (:class:`multipool.testing.PostgresServer`)."""
+    yield from _server("PostgreSQL", start_postgres)
+
+
+@pytest.fixture(scope="session")
+def mysql_server() -> Iterator[MySQLServer]:
+    """A MySQL/MariaDB server with TLS (:class:`multipool.testing.MySQLServer`)."""
+    yield from _server("MySQL/MariaDB", start_mysql)
+
+
+@pytest.fixture(scope="session")
+def postgres_replica(postgres_server: PostgresServer) -> Iterator[PostgresReplica]:
+    """A streaming replica of ``postgres_server`` (:class:`multipool.testing.PostgresReplica`).
+
+    Stopped and removed (its replication slot dropped) at the end of the session.
+    """
+    from multipool.testing.replica import start_replica
+
+    yield from _server("PostgreSQL replica", lambda: start_replica(postgres_server))
+
+
+# -- PgBouncer ------------------------------------------------------------------------------
+
+_MARKERS["pgbouncer_server"] = "postgresql"
+
+
+@pytest.fixture(scope="session")
+def pgbouncer_server(postgres_server: PostgresServer) -> Iterator[PgBouncerServer]:
+    """A PgBouncer in front of ``postgres_server`` (:class:`multipool.testing.PgBouncerServer`).
+
+    Transaction pooling, TLS on both sides, SCRAM auth for ``app``/``plain``, every
+    database reachable (wildcard entry). Stopped and removed at the end of the session.
+    """
+    from multipool.testing.pgbouncer import start_pgbouncer
+
+    yield from _server("PgBouncer", lambda: start_pgbouncer(postgres_server))
+
+
+if TYPE_CHECKING:
+    from multipool.testing.pgbouncer import PgBouncerServer
