@@ -1,0 +1,299 @@
+"""What the pooled backends share: checkout in ``get_new_connection``, checkin in ``_close``.
+
+Each backend (``postgresql``, ``mysql``, ``sqlite3``) subclasses Django's own
+``DatabaseWrapper`` with :class:`PooledWrapperMixin` first in the bases and
+overrides only a few small vendor hooks. Django's connection life cycle is
+unchanged: ``connect()`` calls ``get_new_connection()`` (here: borrow from the
+alias's pool; Django's own ``get_new_connection`` opens the physical
+connection, once), ``close()`` calls ``_close()`` (here: give it back).
+
+Per-connection setup:
+
+* Work that belongs to the physical connection -- the driver's connect, the
+  adapters and isolation level Django sets in ``get_new_connection`` -- runs
+  once, when the pool opens the connection.
+* ``set_autocommit`` and ``init_connection_state`` run on every checkout, as
+  Django expects, except where a backend declares them safe to run once
+  (``init_once``): PostgreSQL's are local checks with no round trip (the time
+  zone is compared against the connection's own parameter status), MySQL's
+  session ``SET``\\ s run once per physical connection.
+* ``connection_created`` fires on every checkout (every logical connection),
+  as with stock Django.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from django.db.backends.base.base import NO_DB_ALIAS
+from django.db.backends.signals import connection_created
+from django.utils.asyncio import async_unsafe
+
+from multipool.config import POOL_OPTION_KEYS, spec_from_settings
+from multipool.pools import manager
+from multipool.tls import TLS_OPTION_KEYS
+
+if TYPE_CHECKING:
+    from sqlalchemy.pool import PoolProxiedConnection
+
+    from multipool.config import DatabaseSpec
+    from multipool.pools import AliasPool
+
+logger = logging.getLogger("multipool.backends")
+
+_MISSING = object()
+
+#: key in a physical connection's ``info``: Django's session setup has run on it.
+SETUP_DONE = "multipool.setup_done"
+
+
+@functools.cache
+def _own_option_keys(vendor: str) -> frozenset[str]:
+    return POOL_OPTION_KEYS | frozenset(TLS_OPTION_KEYS.get(vendor, ()))
+
+
+class PooledWrapperMixin:
+    """Mix into a Django ``DatabaseWrapper`` subclass to lend connections from a pool."""
+
+    #: "postgresql" | "mysql" | "sqlite"
+    multipool_vendor: ClassVar[str]
+    #: run ``init_connection_state`` once per physical connection, not per checkout
+    init_once: ClassVar[bool] = False
+    #: whether an idle connection can go stale (server restart, idle timeout)
+    needs_ping: ClassVar[bool] = True
+
+    # Attributes Django's BaseDatabaseWrapper provides (for type checkers).
+    if TYPE_CHECKING:
+        alias: str
+        settings_dict: dict[str, Any]
+        connection: Any
+        errors_occurred: bool
+        in_atomic_block: bool
+        needs_rollback: bool
+        autocommit: bool
+        savepoint_ids: list[str]
+        atomic_blocks: list[Any]
+        run_on_commit: list[Any]
+        close_at: float | None
+        closed_in_transaction: bool
+        health_check_enabled: bool
+        health_check_done: bool
+
+        def is_usable(self) -> bool: ...
+
+    _lease: PoolProxiedConnection | None = None
+    _lease_pool: AliasPool | None = None
+    _connect_spec: DatabaseSpec | None = None
+    _spec_cache: tuple[tuple[Any, ...], DatabaseSpec] | None = None
+    _parked: tuple[PoolProxiedConnection, AliasPool] | None = None
+
+    # -- configuration -----------------------------------------------------------
+    def multipool_spec(self) -> DatabaseSpec:
+        """The normalized spec of this alias's current settings.
+
+        Cached per wrapper behind a cheap fingerprint: the scalar settings
+        Django itself rewrites in place (the test runner switches ``NAME``)
+        and the identity of the nested dicts. Replace ``OPTIONS`` rather than
+        editing it in place to change pool or TLS settings at run time.
+        """
+        sd = self.settings_dict
+        fingerprint = (
+            sd.get("ENGINE"),
+            sd.get("NAME"),
+            sd.get("USER"),
+            sd.get("PASSWORD"),
+            sd.get("HOST"),
+            sd.get("PORT"),
+            sd.get("CONN_MAX_AGE", _MISSING),
+            id(sd.get("OPTIONS")),
+            id(sd.get("MULTIPOOL")),
+            id(sd.get("POOL_OPTIONS")),
+        )
+        cached = self._spec_cache
+        if cached is not None and cached[0] == fingerprint:
+            return cached[1]
+        spec = spec_from_settings(self.alias, sd)
+        self._spec_cache = (fingerprint, spec)
+        return spec
+
+    def _pool_for_checkout(self, spec: DatabaseSpec) -> AliasPool | None:
+        if self.alias == NO_DB_ALIAS:
+            # Django's maintenance connection (CREATE/DROP DATABASE): never pooled.
+            return None
+        if not spec.pool.enabled or not self.pool_supported():
+            return None
+        if not self.needs_ping:
+            return manager.pool(spec)
+        return manager.pool(spec, ping=self.ping_connection, fileno=self.connection_fileno)
+
+    def pool_supported(self) -> bool:
+        """Whether this alias's database can be pooled (in-memory SQLite cannot)."""
+        return True
+
+    def get_connection_params(self) -> dict[str, Any]:
+        params: dict[str, Any] = super().get_connection_params()  # type: ignore[misc]
+        spec = self.multipool_spec()
+        # multipool's own OPTIONS and every TLS spelling make way for the
+        # canonical driver arguments.
+        for key in _own_option_keys(self.multipool_vendor).intersection(params):
+            del params[key]
+        params.update(spec.tls.driver_kwargs(self.multipool_vendor))
+        # Django's connect() calls get_new_connection() right after this:
+        # hand it the spec instead of computing it twice per checkout.
+        self._connect_spec = spec
+        return params
+
+    # -- checkout ----------------------------------------------------------------
+    @async_unsafe
+    def ensure_connection(self) -> None:
+        parked = self._parked
+        if self.connection is None and parked is not None:
+            self._parked = None
+            lease, pool = parked
+            spec = self.multipool_spec()
+            if (pool.spec is spec or pool.spec == spec) and pool.unpark(lease):
+                self._resume(lease, pool)
+                return
+        super().ensure_connection()  # type: ignore[misc]
+
+    def _resume(self, lease: PoolProxiedConnection, pool: AliasPool) -> None:
+        """Take back this wrapper's parked connection: Django's ``connect()``
+        minus what belongs to a new physical connection (parameters, driver
+        connect, session setup already in place)."""
+        settings_dict = self.settings_dict
+        self.in_atomic_block = False
+        self.savepoint_ids = []
+        self.atomic_blocks = []
+        self.needs_rollback = False
+        self.health_check_enabled = settings_dict["CONN_HEALTH_CHECKS"]
+        max_age = settings_dict["CONN_MAX_AGE"]
+        self.close_at = None if max_age is None else time.monotonic() + max_age
+        self.closed_in_transaction = False
+        self.errors_occurred = False
+        self.health_check_done = True
+        self._lease = lease
+        self._lease_pool = pool
+        self.connection = lease.dbapi_connection
+        if self.autocommit != settings_dict["AUTOCOMMIT"]:
+            self.set_autocommit(settings_dict["AUTOCOMMIT"])  # type: ignore[attr-defined]
+        self.init_connection_state()
+        connection_created.send(sender=self.__class__, connection=self)
+        self.run_on_commit = []
+
+    @async_unsafe
+    def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
+        spec, self._connect_spec = self._connect_spec, None
+        pool = self._pool_for_checkout(spec or self.multipool_spec())
+        if pool is None:
+            return self.connect_physical(conn_params)
+        lease = pool.checkout(lambda: self.connect_physical(conn_params))
+        self._lease = lease
+        self._lease_pool = pool
+        self.prepare_checkout(lease.dbapi_connection)
+        return lease.dbapi_connection
+
+    def connect_physical(self, conn_params: dict[str, Any]) -> Any:
+        """Open a new physical connection: Django's own ``get_new_connection``."""
+        return super().get_new_connection(conn_params)  # type: ignore[misc]
+
+    def prepare_checkout(self, connection: Any) -> None:
+        """Hook: restore wrapper-side state Django's ``get_new_connection`` would set."""
+
+    def init_connection_state(self) -> None:
+        lease = self._lease
+        if (
+            lease is not None
+            and self.init_once
+            and lease.info.get(SETUP_DONE)
+            # Behind a multiplexing pooler the server session may change
+            # between checkouts: apply Django's setup every time.
+            and self._lease_pool is not None
+            and self._lease_pool.spec.pool.pooler is None
+        ):
+            return
+        super().init_connection_state()  # type: ignore[misc]
+        if lease is not None:
+            lease.info[SETUP_DONE] = True
+
+    # -- checkin -----------------------------------------------------------------
+    def _close(self) -> None:
+        lease, pool = self._lease, self._lease_pool
+        if lease is None or pool is None:
+            super()._close()  # type: ignore[misc]
+            return
+        connection = self.connection
+        broken = self.connection_is_broken(connection)
+        if not broken and self.errors_occurred and not self.is_usable():
+            broken = True
+        if not broken and self.transaction_may_be_open(connection):
+            try:
+                connection.rollback()
+            except Exception:
+                logger.info(
+                    "multipool: alias %r: rollback on return failed; discarding", self.alias
+                )
+                broken = True
+        if not broken and pool.spec.pool.reset == "session":
+            try:
+                self.reset_session(connection)
+            except Exception:
+                logger.info(
+                    "multipool: alias %r: session reset on return failed; discarding", self.alias
+                )
+                broken = True
+            lease.info.pop(SETUP_DONE, None)  # Django's session setup must run again
+        self._lease = self._lease_pool = None
+        # Like Django's own pool: the wrapper can no longer use this connection.
+        self.connection = None
+        if pool.checkin(lease, broken=broken, reset=False, park=not broken):
+            # Kept for this wrapper's next request, unless another thread
+            # needs a connection first (see ensure_connection).
+            self._parked = (lease, pool)
+
+    def connection_is_broken(self, connection: Any) -> bool:
+        """Hook: the driver already knows this connection is closed or unusable."""
+        return False
+
+    def reset_session(self, connection: Any) -> None:
+        """Hook: undo every session setting (``POOL_RESET=session``); no transaction is open."""
+
+    def transaction_may_be_open(self, connection: Any) -> bool:
+        """Hook: whether a rollback is needed before the connection is lent again."""
+        return self.in_atomic_block or not self.autocommit or self.needs_rollback
+
+    def connection_fileno(self, connection: Any) -> int:
+        """Hook: the socket of a physical connection (to poll it without a round trip)."""
+        return int(connection.fileno())
+
+    def ping_connection(self, connection: Any) -> None:
+        """Hook: one round trip; raise if the connection is dead."""
+        cursor = connection.cursor()
+        try:
+            cursor.execute("SELECT 1")
+            cursor.fetchall()
+        finally:
+            cursor.close()
+
+
+def abandon_inherited_connections() -> None:
+    """After ``fork()``, in the child: drop the connections this thread inherited.
+
+    The child must never talk on its parent's sockets, and must not close them
+    either (closing sends a goodbye the server would apply to the parent's
+    session). The leases are handed to the pool manager, which keeps them
+    referenced and untouched; Django then opens fresh ones on first use.
+    """
+    from django.db import connections
+
+    for conn in connections.all(initialized_only=True):
+        # A parked connection stays with the parent's pool.
+        conn._parked = None  # type: ignore[attr-defined]
+        lease = getattr(conn, "_lease", None)
+        if lease is None:
+            continue
+        manager.abandon((lease, conn.connection))
+        conn._lease = conn._lease_pool = None  # type: ignore[attr-defined]
+        conn.connection = None

@@ -1,0 +1,85 @@
+"""Pooled PostgreSQL backend (psycopg 3 or psycopg2, whichever Django picks).
+
+``ENGINE: "multipool.backends.postgresql"``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import DEFAULT_DB_ALIAS
+from django.db.backends.base.base import NO_DB_ALIAS
+from django.db.backends.postgresql import base as django_postgresql
+from django.db.backends.postgresql.creation import DatabaseCreation as _DjangoCreation
+from django.db.backends.postgresql.psycopg_any import IsolationLevel
+
+from multipool.backends.creation import PooledCreationMixin
+from multipool.backends.pooled import PooledWrapperMixin
+from multipool.pools import manager
+
+# libpq's PQtransactionStatus: 0 idle, 1 active, 2 in transaction, 3 in error, 4 unknown (bad).
+_IDLE = 0
+_UNKNOWN = 4
+
+
+class DatabaseCreation(PooledCreationMixin, _DjangoCreation):
+    def _destroy_test_db(self, test_database_name: str, verbosity: int) -> Any:
+        connection = self.connection
+        spec = connection.multipool_spec()  # type: ignore[attr-defined]
+        if spec.pool.pooler is None or connection.pg_version < 130000:
+            return super()._destroy_test_db(test_database_name, verbosity)
+        # Behind PgBouncer, server sessions to the test database stay open in
+        # PgBouncer's own pool, out of Django's reach: FORCE ends them.
+        manager.dispose(connection.alias)
+        with connection._nodb_cursor() as cursor:
+            name = connection.ops.quote_name(test_database_name)
+            cursor.execute(f"DROP DATABASE {name} WITH (FORCE)")
+        return None
+
+
+class DatabaseWrapper(PooledWrapperMixin, django_postgresql.DatabaseWrapper):
+    multipool_vendor = "postgresql"
+    # Django's PostgreSQL session setup compares the time zone against the
+    # connection's parameter status (no round trip) and fixes it when user
+    # code changed it, so it stays on for every checkout.
+    init_once = False
+    creation_class = DatabaseCreation
+
+    def __init__(self, settings_dict: dict[str, Any], alias: str = DEFAULT_DB_ALIAS) -> None:
+        super().__init__(settings_dict, alias)
+        if alias != NO_DB_ALIAS and self.multipool_spec().pool.pooler == "pgbouncer":
+            # Also for hand-written entries: no server-side cursors behind PgBouncer.
+            self.settings_dict["DISABLE_SERVER_SIDE_CURSORS"] = True
+
+    def prepare_checkout(self, connection: Any) -> None:
+        # Django's get_new_connection sets the wrapper's isolation level before
+        # connecting; a reused connection must leave the wrapper in that state.
+        value = self.settings_dict["OPTIONS"].get("isolation_level")
+        self.isolation_level = (
+            IsolationLevel.READ_COMMITTED if value is None else IsolationLevel(value)
+        )
+
+    def connection_is_broken(self, connection: Any) -> bool:
+        if connection.closed or getattr(connection, "broken", False):
+            return True
+        return bool(connection.info.transaction_status == _UNKNOWN)
+
+    def transaction_may_be_open(self, connection: Any) -> bool:
+        return bool(connection.info.transaction_status != _IDLE)
+
+    def reset_session(self, connection: Any) -> None:
+        # DISCARD ALL: RESET ALL, drop temporary tables, release advisory
+        # locks, deallocate prepared statements, UNLISTEN *. It refuses to run
+        # inside a transaction block, hence autocommit for the statement.
+        connection.autocommit = True
+        cursor = connection.cursor()
+        try:
+            cursor.execute("DISCARD ALL")
+        finally:
+            cursor.close()
+
+    def ping_connection(self, connection: Any) -> None:
+        super().ping_connection(connection)
+        # Without autocommit the SELECT opened a transaction: close it.
+        if connection.info.transaction_status != _IDLE:
+            connection.rollback()
