@@ -1,0 +1,332 @@
+"""Django system checks: ``INSTALLED_APPS += ["multipool"]`` registers them.
+
+Every check has a stable id (see ``docs/checks.md``)::
+
+    multipool.E001  a DATABASES entry cannot be read (pool setting, MULTIPOOL key...)
+    multipool.E002  invalid TLS setting (verify mode without a CA, cert without key...)
+    multipool.E003  TLS file problem (missing, unreadable, not PEM, key permissions,
+                    key passphrase missing or wrong)
+    multipool.E004  certificates do not fit (key/certificate mismatch, wrong CA)
+    multipool.E005  certificate expired or not yet valid
+    multipool.E006  replica settings name an alias that is not in DATABASES
+    multipool.W001  certificate expires within 30 days
+    multipool.W002  other TLS warning (unused passphrase, ignored files, unknown issuer)
+    multipool.W003  CONN_MAX_AGE is not 0 on a pooled alias: pooling does nothing
+    multipool.W004  alias not pooled (stock ENGINE) while other aliases are
+    multipool.W005  PrimaryReplicaRouter configured but no alias has replicas
+    multipool.W101  (deploy) weak TLS mode on a network database
+    multipool.W102  (deploy) password written in settings instead of the environment
+
+The checks reuse :func:`multipool.config.spec_from_settings` and
+:func:`multipool.tls.validate_tls`; the error classes of :mod:`multipool.errors`
+decide the id. No message contains a password, a key passphrase or key
+material: the messages come from those functions, which never include them.
+
+:func:`check_databases` and :func:`check_deployment` take a ``DATABASES`` dict
+(the ``multipool check`` command runs them on the environment's aliases).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
+
+from multipool.config import DatabaseSpec, spec_from_settings
+from multipool.errors import (
+    CertificateError,
+    ConfigurationError,
+    InvalidTLSSetting,
+    TLSFileError,
+)
+from multipool.tls import EXPIRY_WARNING_DAYS, validate_tls
+
+__all__ = [
+    "CHECK_IDS",
+    "ROUTER_PATH",
+    "check_databases",
+    "check_deployment",
+    "multipool_checks",
+    "multipool_deploy_checks",
+    "spec_of",
+]
+
+#: the router the replica check looks for (matched by its dotted path)
+ROUTER_PATH = "multipool.routers.PrimaryReplicaRouter"
+
+MULTIPOOL_ENGINE_PREFIX = "multipool.backends."
+
+#: id -> one-line description (``docs/checks.md`` has the full table)
+CHECK_IDS: Mapping[str, str] = {
+    "multipool.E001": "a DATABASES entry cannot be read",
+    "multipool.E002": "invalid TLS setting",
+    "multipool.E003": "TLS file problem",
+    "multipool.E004": "certificates do not fit together",
+    "multipool.E005": "certificate expired or not yet valid",
+    "multipool.E006": "replica settings name an unknown alias",
+    "multipool.W001": f"certificate expires within {EXPIRY_WARNING_DAYS} days",
+    "multipool.W002": "TLS setting probably not as intended",
+    "multipool.W003": "CONN_MAX_AGE is not 0 on a pooled alias",
+    "multipool.W004": "alias not pooled while others are",
+    "multipool.W005": "PrimaryReplicaRouter without replicas",
+    "multipool.W101": "weak TLS mode (deploy)",
+    "multipool.W102": "password written in settings (deploy)",
+}
+
+_WEAK_MODES = (None, "disable", "allow", "prefer", "require")
+_ENV_NAME_RE = re.compile(r"[A-Z_][A-Z0-9_]*")
+
+
+def _obj(alias: str) -> str:
+    return f"database alias {alias!r}"
+
+
+def _engine(entry: Any) -> str:
+    engine = entry.get("ENGINE") if isinstance(entry, Mapping) else None
+    return engine if isinstance(engine, str) else ""
+
+
+def is_multipool_engine(engine: str) -> bool:
+    return engine.startswith(MULTIPOOL_ENGINE_PREFIX)
+
+
+def spec_of(alias: str, entry: Mapping[str, Any]) -> DatabaseSpec:
+    """:func:`spec_from_settings`, with Django's default ``CONN_MAX_AGE`` (0) filled in.
+
+    (Its cache cannot tell a missing ``CONN_MAX_AGE`` from ``None``.)
+    """
+    if isinstance(entry, Mapping) and "CONN_MAX_AGE" not in entry:
+        entry = {**entry, "CONN_MAX_AGE": 0}
+    return spec_from_settings(alias, entry)
+
+
+def _from_error(alias: str, exc: ConfigurationError) -> Error:
+    """One :class:`ConfigurationError` as a check message (the id follows its class)."""
+    if isinstance(exc, CertificateError):
+        dated = "expired" in exc.problem or "not valid before" in exc.problem
+        check_id = "multipool.E005" if dated else "multipool.E004"
+    elif isinstance(exc, TLSFileError):
+        check_id = "multipool.E003"
+    elif isinstance(exc, InvalidTLSSetting):
+        check_id = "multipool.E002"
+    else:
+        check_id = "multipool.E001"
+    return Error(f"{exc.problem} ({exc.setting})", hint=exc.fix, obj=_obj(alias), id=check_id)
+
+
+def _tls_warning(alias: str, message: str) -> Warning:
+    text = message.removeprefix(f"database alias '{alias}': ")
+    if "expires on" in text:
+        return Warning(
+            text,
+            hint="renew the certificate before it expires; connections fail once it has",
+            obj=_obj(alias),
+            id="multipool.W001",
+        )
+    return Warning(text, obj=_obj(alias), id="multipool.W002")
+
+
+def _specs(
+    databases: Mapping[str, Any], *, only_multipool: bool
+) -> tuple[dict[str, DatabaseSpec], list[CheckMessage]]:
+    """Specs of the aliases that can be read, and E001-E004 for those that cannot."""
+    specs: dict[str, DatabaseSpec] = {}
+    messages: list[CheckMessage] = []
+    for alias, entry in databases.items():
+        engine = _engine(entry)
+        ours = is_multipool_engine(engine)
+        if only_multipool and not ours:
+            continue
+        try:
+            specs[alias] = spec_of(alias, entry)
+        except ConfigurationError as exc:
+            if ours:  # a stock engine's entry is Django's business
+                messages.append(_from_error(alias, exc))
+        except Exception as exc:  # never show the message: it might echo a value
+            if ours:
+                messages.append(
+                    Error(
+                        f"the entry cannot be read ({type(exc).__name__})",
+                        hint="compare it with the output of multipool.databases()",
+                        obj=_obj(alias),
+                        id="multipool.E001",
+                    )
+                )
+    return specs, messages
+
+
+def _router_paths(routers: Iterable[Any]) -> list[str]:
+    paths = []
+    for router in routers:
+        if isinstance(router, str):
+            paths.append(router)
+        else:
+            cls = router if isinstance(router, type) else type(router)
+            paths.append(f"{cls.__module__}.{cls.__qualname__}")
+    return paths
+
+
+def check_databases(
+    databases: Mapping[str, Any],
+    routers: Sequence[Any] = (),
+    *,
+    now: Any = None,
+) -> list[CheckMessage]:
+    """The checks of a ``DATABASES`` dict (and ``DATABASE_ROUTERS``): E001-E006, W001-W005."""
+    messages: list[CheckMessage] = []
+    specs, errors = _specs(databases, only_multipool=True)
+    messages.extend(errors)
+    engines = {alias: _engine(entry) for alias, entry in databases.items()}
+    pooled_any = any(is_multipool_engine(e) for e in engines.values())
+
+    for alias, spec in specs.items():
+        try:
+            found = validate_tls(
+                alias, spec.tls, settings=spec.tls_settings(), now=now, vendor=spec.vendor
+            )
+        except ConfigurationError as exc:
+            messages.append(_from_error(alias, exc))
+        else:
+            messages.extend(_tls_warning(alias, m) for m in found)
+
+        in_memory = spec.vendor == "sqlite" and (
+            spec.name in ("", ":memory:") or "mode=memory" in spec.name
+        )
+        if spec.pool.enabled and spec.conn_max_age != 0 and not in_memory:
+            age = "None (forever)" if spec.conn_max_age is None else f"{spec.conn_max_age}"
+            limit = spec.pool.size + spec.pool.max_overflow
+            messages.append(
+                Warning(
+                    f"{spec.setting('conn_max_age')} is {age}: every thread keeps its "
+                    "connection checked out of the pool between requests, so the pool "
+                    f"(pool_size {spec.pool.size} + max_overflow {spec.pool.max_overflow}) "
+                    f"reuses nothing, and more than {limit} threads wait for a connection",
+                    hint=f"set {spec.setting('conn_max_age')} to 0: Django then gives the "
+                    "connection back to the pool at the end of each request",
+                    obj=_obj(alias),
+                    id="multipool.W003",
+                )
+            )
+
+        for replica in spec.replicas:
+            if replica not in databases:
+                messages.append(
+                    Error(
+                        f"replica {replica!r} ({spec.setting('replicas')}) is not in DATABASES",
+                        hint=f"add a DATABASES entry for {replica!r} or remove it from the "
+                        "replicas",
+                        obj=_obj(alias),
+                        id="multipool.E006",
+                    )
+                )
+        if spec.replica_of is not None and spec.replica_of not in databases:
+            messages.append(
+                Error(
+                    f"replica of {spec.replica_of!r} ({spec.setting('replica_of')}), "
+                    "which is not in DATABASES",
+                    hint=f"add a DATABASES entry for {spec.replica_of!r} or correct the name",
+                    obj=_obj(alias),
+                    id="multipool.E006",
+                )
+            )
+
+    if pooled_any:
+        for alias, engine in engines.items():
+            if not is_multipool_engine(engine) and engine != "django.db.backends.dummy":
+                messages.append(
+                    Warning(
+                        f"ENGINE {engine!r} is not a multipool backend: this alias is not "
+                        "pooled, unlike the others",
+                        hint="use multipool.databases() or a multipool.backends.* ENGINE "
+                        "(postgresql, mysql, sqlite3); silence multipool.W004 if this is "
+                        "intended",
+                        obj=_obj(alias),
+                        id="multipool.W004",
+                    )
+                )
+
+    if ROUTER_PATH in _router_paths(routers):
+        all_specs, _ = _specs(databases, only_multipool=False)
+        if not any(s.replicas or s.replica_of for s in all_specs.values()):
+            messages.append(
+                Warning(
+                    f"DATABASE_ROUTERS contains {ROUTER_PATH} but no database alias has "
+                    "replicas: every query goes to the primary",
+                    hint="set DATABASE_REPLICAS=replica1,... (and REPLICA1_DATABASE_URL), "
+                    "or remove the router",
+                    obj="DATABASE_ROUTERS",
+                    id="multipool.W005",
+                )
+            )
+    return messages
+
+
+def _verifies(spec: DatabaseSpec) -> bool:
+    tls = spec.tls
+    if tls.verifies:
+        return True
+    # libpq: "require" with a root CA behaves like verify-ca.
+    return spec.vendor == "postgresql" and tls.mode == "require" and tls.ca is not None
+
+
+def _password_from_environment(spec: DatabaseSpec) -> bool:
+    name = spec.setting("password")
+    if _ENV_NAME_RE.fullmatch(name):
+        return True
+    # Hand-written settings that read os.environ["..."] are fine too.
+    return any(value == spec.password for value in os.environ.values())
+
+
+def check_deployment(databases: Mapping[str, Any]) -> list[CheckMessage]:
+    """The deploy checks of a ``DATABASES`` dict: W101 (weak TLS), W102 (password in settings)."""
+    messages: list[CheckMessage] = []
+    specs, _ = _specs(databases, only_multipool=False)
+    for alias, spec in specs.items():
+        if spec.vendor == "sqlite":
+            continue
+        socket = spec.host is not None and spec.host.startswith("/")
+        if not socket and not _verifies(spec):
+            mode = spec.tls.mode or "driver default (prefer)"
+            messages.append(
+                Warning(
+                    f"TLS mode is {mode} ({spec.setting('tls_mode')}): the server's "
+                    "certificate is not verified, so a man in the middle can read the "
+                    "traffic and the password",
+                    hint=f"set {spec.setting('tls_mode')} to verify-full and "
+                    f"{spec.setting('tls_ca')} to the server's CA bundle (or 'system')",
+                    obj=_obj(alias),
+                    id="multipool.W101",
+                )
+            )
+        if spec.password and not _password_from_environment(spec):
+            prefix = "DATABASE_" if alias == "default" else f"{alias.upper()}_DATABASE_"
+            messages.append(
+                Warning(
+                    f"the password is written in settings ({spec.setting('password')}) "
+                    "instead of coming from the environment",
+                    hint=f"remove it from the settings file and set {prefix}URL "
+                    "(DATABASES = multipool.databases()), or read it from os.environ",
+                    obj=_obj(alias),
+                    id="multipool.W102",
+                )
+            )
+    return messages
+
+
+@register("multipool")
+def multipool_checks(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Registered system check: :func:`check_databases` on ``settings.DATABASES``."""
+    from django.conf import settings
+
+    return check_databases(settings.DATABASES, getattr(settings, "DATABASE_ROUTERS", ()))
+
+
+@register("multipool", Tags.security, deploy=True)
+def multipool_deploy_checks(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Registered deploy check (``manage.py check --deploy``): :func:`check_deployment`."""
+    from django.conf import settings
+
+    return check_deployment(settings.DATABASES)

@@ -1,0 +1,378 @@
+"""System checks: ids, messages and hints for crafted DATABASES, and their registration.
+
+The checks are plain functions over a ``DATABASES`` dict (``check_databases``,
+``check_deployment``); ``INSTALLED_APPS += ["multipool"]`` registers them with
+Django (tag ``multipool``; the deploy ones also ``security``, deploy only).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from django.core import checks as django_checks
+
+from multipool.certs import generate_dev_certs, issue_cert, load_ca, write_cert, write_key
+from multipool.checks import (
+    CHECK_IDS,
+    ROUTER_PATH,
+    check_databases,
+    check_deployment,
+    multipool_checks,
+    multipool_deploy_checks,
+)
+from multipool.config import databases as env_databases
+from tests.conftest import registered_alias
+
+ROOT = Path(__file__).resolve().parents[1]
+PASSWORD = "S3cret-p@ss:word/+"
+NOW = dt.datetime.now(dt.timezone.utc)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    return generate_dev_certs(tmp_path_factory.mktemp("pki"), clients=("app", "other"))
+
+
+def entry(vendor: str = "postgresql", **options: Any) -> dict[str, Any]:
+    engine = {"postgresql": "postgresql", "mysql": "mysql", "sqlite": "sqlite3"}[vendor]
+    out: dict[str, Any] = {
+        "ENGINE": f"multipool.backends.{engine}",
+        "NAME": "app" if vendor != "sqlite" else "/tmp/x.sqlite3",
+        "OPTIONS": options,
+    }
+    if vendor != "sqlite":
+        out.update(HOST="db.internal", USER="app")
+    return out
+
+
+def verified(pki: Any, **extra: Any) -> dict[str, Any]:
+    return entry(sslmode="verify-full", sslrootcert=str(pki.ca_cert), **extra)
+
+
+def ids(messages: list[Any]) -> list[str]:
+    return [m.id for m in messages]
+
+
+def only(messages: list[Any], check_id: str) -> Any:
+    found = [m for m in messages if m.id == check_id]
+    assert len(found) == 1, [str(m) for m in messages]
+    return found[0]
+
+
+def test_every_id_is_documented() -> None:
+    doc = (ROOT / "docs/checks.md").read_text()
+    for check_id in CHECK_IDS:
+        assert check_id in doc
+
+
+def test_good_settings_give_no_message(pki: Any) -> None:
+    cert, key = pki.client("app")
+    dbs = {
+        "default": verified(pki, sslcert=str(cert), sslkey=str(key)),
+        "local": entry("sqlite"),
+    }
+    assert check_databases(dbs, now=NOW) == []
+
+
+def test_missing_ca_file_is_e003(tmp_path: Path) -> None:
+    missing = tmp_path / "nope" / "ca.crt"
+    msg = only(
+        check_databases({"default": entry(sslmode="verify-full", sslrootcert=str(missing))}),
+        "multipool.E003",
+    )
+    assert msg.level == django_checks.ERROR
+    assert "does not exist" in msg.msg
+    assert "sslrootcert" in msg.msg  # the setting at fault
+    assert "sslrootcert" in msg.hint
+    assert msg.obj == "database alias 'default'"
+
+
+def test_not_pem_and_permissive_key_are_e003(pki: Any, tmp_path: Path) -> None:
+    junk = tmp_path / "ca.crt"
+    junk.write_text("not a certificate\n")
+    msg = only(
+        check_databases({"default": entry(sslmode="verify-full", sslrootcert=str(junk))}),
+        "multipool.E003",
+    )
+    assert "not a PEM certificate" in msg.msg
+    cert, key = pki.client("app")
+    loose = tmp_path / "loose.key"
+    loose.write_bytes(Path(key).read_bytes())
+    loose.chmod(0o644)
+    msg = only(
+        check_databases({"default": verified(pki, sslcert=str(cert), sslkey=str(loose))}),
+        "multipool.E003",
+    )
+    assert "readable by group or others" in msg.msg
+    assert "chmod 600" in msg.hint
+
+
+def test_verify_without_ca_is_e002() -> None:
+    msg = only(check_databases({"default": entry(sslmode="verify-full")}), "multipool.E002")
+    assert "no CA" in msg.msg
+    assert "sslrootcert" in msg.hint
+
+
+def test_key_certificate_mismatch_is_e004(pki: Any) -> None:
+    cert, _ = pki.client("app")
+    _, other_key = pki.client("other")
+    msg = only(
+        check_databases({"default": verified(pki, sslcert=str(cert), sslkey=str(other_key))}),
+        "multipool.E004",
+    )
+    assert "does not match" in msg.msg
+    assert msg.hint
+
+
+def _client_cert(pki: Any, tmp_path: Path, name: str, **validity: Any) -> tuple[str, str]:
+    ca = load_ca(pki.ca_cert, pki.ca_key)
+    cert, key = issue_cert(ca, "app", usage="client", **validity)
+    cert_path = write_cert(tmp_path / f"{name}.crt", cert)
+    key_path = write_key(tmp_path / f"{name}.key", key)
+    return str(cert_path), str(key_path)
+
+
+def test_expired_certificate_is_e005_and_expiring_is_w001(pki: Any, tmp_path: Path) -> None:
+    cert, key = _client_cert(
+        pki,
+        tmp_path,
+        "expired",
+        not_before=NOW - dt.timedelta(days=60),
+        not_after=NOW - dt.timedelta(days=1),
+    )
+    msg = only(
+        check_databases({"default": verified(pki, sslcert=cert, sslkey=key)}), "multipool.E005"
+    )
+    assert "expired" in msg.msg
+    assert "renew" in msg.hint
+
+    cert, key = _client_cert(
+        pki,
+        tmp_path,
+        "soon",
+        not_before=NOW - dt.timedelta(days=60),
+        not_after=NOW + dt.timedelta(days=10),
+    )
+    messages = check_databases({"default": verified(pki, sslcert=cert, sslkey=key)})
+    msg = only(messages, "multipool.W001")
+    assert msg.level == django_checks.WARNING
+    assert "expires on" in msg.msg
+    assert "renew" in msg.hint
+    assert not [m for m in messages if m.is_serious()]
+
+    # 40 days left: no warning yet (the threshold is 30 days).
+    cert, key = _client_cert(
+        pki,
+        tmp_path,
+        "later",
+        not_before=NOW - dt.timedelta(days=60),
+        not_after=NOW + dt.timedelta(days=40),
+    )
+    assert check_databases({"default": verified(pki, sslcert=cert, sslkey=key)}) == []
+
+
+def test_other_tls_warning_is_w002(pki: Any) -> None:
+    msg = only(
+        check_databases(
+            {"default": entry(sslmode="disable", sslrootcert=str(pki.ca_cert))}, now=NOW
+        ),
+        "multipool.W002",
+    )
+    assert "ignored" in msg.msg
+
+
+def test_key_passphrase_never_in_messages(pki: Any, tmp_path: Path) -> None:
+    cert, key = pki.client("app")
+    private = serialization.load_pem_private_key(Path(key).read_bytes(), None)
+    encrypted = tmp_path / "enc.key"
+    encrypted.write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"right-passphrase"),
+        )
+    )
+    encrypted.chmod(0o600)
+    dbs = {
+        "default": verified(
+            pki, sslcert=str(cert), sslkey=str(encrypted), sslpassword="Wrong-Passphrase-42"
+        )
+    }
+    dbs["default"]["PASSWORD"] = PASSWORD
+    messages = check_databases(dbs) + check_deployment(dbs)
+    msg = only(messages, "multipool.E003")
+    assert "passphrase does not decrypt" in msg.msg
+    text = "\n".join(str(m) for m in messages)
+    assert "Wrong-Passphrase-42" not in text
+    assert PASSWORD not in text
+    assert "PRIVATE KEY" not in text
+
+
+def test_invalid_pool_setting_is_e001() -> None:
+    msg = only(check_databases({"default": entry(pool_size="lots")}), "multipool.E001")
+    assert "pool_size" in msg.msg
+    assert "whole number" in msg.hint
+
+
+@pytest.mark.parametrize("age", [60, None])
+def test_conn_max_age_with_pooling_is_w003(age: int | None) -> None:
+    dbs = {"default": {**entry("sqlite"), "CONN_MAX_AGE": age}}
+    msg = only(check_databases(dbs), "multipool.W003")
+    assert "CONN_MAX_AGE" in msg.msg
+    assert "reuses nothing" in msg.msg
+    assert "to 0" in msg.hint
+    # Pool off: CONN_MAX_AGE is the user's business.
+    off = {"default": {**entry("sqlite", pool_enabled=False), "CONN_MAX_AGE": age}}
+    assert check_databases(off) == []
+
+
+def test_conn_max_age_message_names_the_environment_variable(tmp_path: Path) -> None:
+    dbs = env_databases(
+        source={
+            "DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite3",
+            "DATABASE_CONN_MAX_AGE": "300",
+        },
+        validate=False,
+    )
+    msg = only(check_databases(dbs), "multipool.W003")
+    assert "DATABASE_CONN_MAX_AGE" in msg.msg
+    assert "DATABASE_CONN_MAX_AGE to 0" in msg.hint
+
+
+def test_stock_engine_next_to_pooled_aliases_is_w004() -> None:
+    stock = {"ENGINE": "django.db.backends.postgresql", "NAME": "legacy", "HOST": "h"}
+    messages = check_databases({"default": entry("sqlite"), "legacy": stock})
+    msg = only(messages, "multipool.W004")
+    assert msg.obj == "database alias 'legacy'"
+    assert "not pooled" in msg.msg
+    assert "multipool.backends" in msg.hint
+    # Nothing pooled at all: not our business.
+    assert check_databases({"default": stock}) == []
+
+
+def test_replica_router_without_replicas_is_w005(tmp_path: Path) -> None:
+    dbs = {"default": entry("sqlite")}
+    msg = only(check_databases(dbs, [ROUTER_PATH]), "multipool.W005")
+    assert msg.obj == "DATABASE_ROUTERS"
+    assert "DATABASE_REPLICAS" in msg.hint
+    assert check_databases(dbs, ["myapp.routers.Other"]) == []
+
+    with_replicas = env_databases(
+        source={
+            "DATABASE_URL": f"sqlite:///{tmp_path}/a.sqlite3",
+            "DATABASE_REPLICAS": "replica1",
+            "REPLICA1_DATABASE_URL": f"sqlite:///{tmp_path}/b.sqlite3",
+        },
+        validate=False,
+    )
+    assert check_databases(with_replicas, [ROUTER_PATH]) == []
+
+    class PrimaryReplicaRouter:  # matched by dotted path, also for router instances
+        pass
+
+    PrimaryReplicaRouter.__module__ = "multipool.routers"
+    PrimaryReplicaRouter.__qualname__ = "PrimaryReplicaRouter"
+    assert ids(check_databases(dbs, [PrimaryReplicaRouter()])) == ["multipool.W005"]
+
+
+def test_replica_of_unknown_alias_is_e006() -> None:
+    dbs = {"default": {**entry("sqlite"), "MULTIPOOL": {"replicas": ["ghost"]}}}
+    msg = only(check_databases(dbs), "multipool.E006")
+    assert "'ghost'" in msg.msg
+
+
+@pytest.mark.parametrize(
+    ("vendor", "options", "weak"),
+    [
+        ("postgresql", {}, True),
+        ("postgresql", {"sslmode": "disable"}, True),
+        ("postgresql", {"sslmode": "prefer"}, True),
+        ("postgresql", {"sslmode": "require"}, True),
+        ("postgresql", {"sslmode": "verify-ca", "sslrootcert": "system"}, False),
+        ("postgresql", {"sslmode": "verify-full", "sslrootcert": "system"}, False),
+        # libpq: require with a root CA verifies the chain, like verify-ca
+        ("postgresql", {"sslmode": "require", "sslrootcert": "system"}, False),
+        ("mysql", {"ssl_mode": "REQUIRED"}, True),
+        ("mysql", {"ssl_mode": "REQUIRED", "ssl": {"ca": "/etc/ssl/ca.pem"}}, True),
+        ("mysql", {"ssl_mode": "VERIFY_IDENTITY", "ssl": {"ca": "/etc/ssl/ca.pem"}}, False),
+        ("sqlite", {}, False),
+    ],
+)
+def test_weak_tls_is_w101_on_deploy(vendor: str, options: dict[str, Any], weak: bool) -> None:
+    messages = check_deployment({"default": entry(vendor, **options)})
+    assert ids(messages) == (["multipool.W101"] if weak else [])
+    if weak:
+        assert "verify-full" in messages[0].hint
+
+
+def test_unix_socket_is_not_weak_tls() -> None:
+    dbs = {"default": {**entry("postgresql"), "HOST": "/var/run/postgresql"}}
+    assert check_deployment(dbs) == []
+
+
+def test_password_written_in_settings_is_w102(monkeypatch: pytest.MonkeyPatch) -> None:
+    safe = {"sslmode": "verify-full", "sslrootcert": "system"}
+    dbs = {"default": {**entry(**safe), "PASSWORD": PASSWORD}}
+    msg = only(check_deployment(dbs), "multipool.W102")
+    assert "DATABASES['default']['PASSWORD']" in msg.msg
+    assert "DATABASE_URL" in msg.hint
+    assert PASSWORD not in str(msg)
+
+    # Read from os.environ in a hand-written settings file: fine.
+    monkeypatch.setenv("MY_DB_PASSWORD", PASSWORD)
+    assert check_deployment(dbs) == []
+    monkeypatch.delenv("MY_DB_PASSWORD")
+
+    # From the environment through multipool.databases(): fine.
+    from_env = env_databases(
+        source={
+            "DATABASE_URL": "postgresql://app:hunter22@db.internal/app",
+            "DATABASE_SSLMODE": "verify-full",
+            "DATABASE_SSLROOTCERT": "system",
+        },
+        validate=False,
+    )
+    assert check_deployment(from_env) == []
+
+
+def test_checks_are_registered_by_the_app(tmp_path: Path) -> None:
+    registered = django_checks.registry.registry.get_checks(include_deployment_checks=True)
+    assert multipool_checks in registered
+    assert multipool_deploy_checks in registered
+    assert multipool_deploy_checks not in django_checks.registry.registry.get_checks()
+
+    assert django_checks.run_checks(tags=["multipool"]) == []
+    bad = entry(sslmode="require", sslrootcert=str(tmp_path / "missing.crt"))
+    bad["PASSWORD"] = PASSWORD
+    with registered_alias("badtls", bad):
+        found = django_checks.run_checks(tags=["multipool"])
+        assert ids(found) == ["multipool.E003"]
+        deploy = django_checks.run_checks(tags=["multipool"], include_deployment_checks=True)
+        assert sorted(ids(deploy)) == ["multipool.E003", "multipool.W102"]
+        assert all(PASSWORD not in str(m) for m in deploy)
+
+
+def test_manage_py_check_deploy_shows_multipool_warnings() -> None:
+    env = {k: v for k, v in os.environ.items() if "DATABASE_" not in k}
+    env["DATABASE_URL"] = f"postgresql://app:{PASSWORD.replace('@', '%40')}@127.0.0.1:1/app"
+    env["DATABASE_SSLMODE"] = "require"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tests/project/manage.py"), "check", "--deploy"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    output = result.stdout + result.stderr
+    assert "multipool.W101" in output
+    assert "multipool.W102" not in output  # the password came from the environment
+    assert PASSWORD not in output
+    assert PASSWORD.replace("@", "%40") not in output

@@ -1,0 +1,631 @@
+"""The ``multipool`` command and ``manage.py multipool_status``.
+
+Most subcommands run in-process (``main(argv)`` with a patched environment and
+a temporary working directory); the demo and the secret-masking checks of
+failed connects run ``python -m multipool`` in a subprocess, as an operator
+would. Commands that connect use the real TLS test servers. Every output is
+checked for the ``app`` password, key passphrases and private-key PEM text.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from django.core.management import call_command
+
+from multipool.cli import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, Masker, main
+from multipool.testing.servers import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+WRONG_PASSWORD = "Wr0ng-p@ss:w%rd/+!"
+PASSPHRASE = "k3y-Passphrase:#42"
+
+Result = tuple[int, str, str]
+
+
+def secret_forms(secret: str) -> list[str]:
+    return [secret, quote(secret, safe=""), quote(secret), json.dumps(secret)[1:-1]]
+
+
+def assert_no_secrets(text: str, *secrets: str) -> None:
+    for secret in secrets:
+        for form in secret_forms(secret):
+            assert form not in text, "a secret was printed"
+    assert "PRIVATE KEY-----" not in text
+
+
+def _clear(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in list(os.environ):
+        if "DATABASE_" in key or key == "DJANGO_SETTINGS_MODULE":
+            monkeypatch.delenv(key)
+
+
+@pytest.fixture
+def cli(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> Callable[..., Result]:
+    """``cli("config", "--json", DATABASE_URL=...)`` -> (exit code, stdout, stderr), in-process."""
+    monkeypatch.chdir(tmp_path)
+
+    def invoke(*argv: str, **env: str) -> Result:
+        _clear(monkeypatch)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        code = main(list(argv))
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return invoke
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if "DATABASE_" not in k and k != "DJANGO_SETTINGS_MODULE"
+    }
+    env.update(extra)
+    return env
+
+
+def run(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``python -m multipool ARGS`` in a subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "multipool", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def password_of(server: Any) -> str:
+    return str(server.users["app"].password)
+
+
+def wrong_password_url(server: Any) -> str:
+    good = server.url("app")
+    return good.replace(quote(password_of(server), safe=""), quote(WRONG_PASSWORD, safe=""), 1)
+
+
+def unreachable_url(server: Any) -> str:
+    return server.url("app").replace(f":{server.port}/", f":{free_port()}/", 1)
+
+
+# -- usage ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["config"],
+        ["check"],
+        ["certs"],
+        ["certs", "init"],
+        ["budget"],
+        ["demo"],
+        ["status"],
+    ],
+)
+def test_every_subcommand_has_help(cli: Callable[..., Result], argv: list[str]) -> None:
+    code, out, _ = cli(*argv, "--help")
+    assert code == EXIT_OK
+    assert "usage: multipool" in out
+    assert "exit codes" in out or not argv or argv == ["certs"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["nonsense"],
+        ["certs"],
+        ["budget"],  # --workers and --hosts are required
+        ["budget", "--workers", "2", "--hosts", "1", "--max-connections", "9", "--connect"],
+        ["budget", "--workers", "0", "--hosts", "1"],
+        ["demo", "--requests", "0"],
+        ["config", "--alias", "ghost"],
+    ],
+)
+def test_usage_errors_exit_2(cli: Callable[..., Result], argv: list[str]) -> None:
+    code, _, err = cli(*argv)
+    assert code == EXIT_USAGE
+    assert err
+
+
+def test_python_dash_m_and_version(tmp_path: Path) -> None:
+    result = run("--version", env=clean_env(), cwd=tmp_path)
+    assert result.returncode == 0
+    assert result.stdout.startswith("multipool ")
+
+
+def test_masker_masks_secret_variants_and_private_keys() -> None:
+    masker = Masker()
+    masker.add_environment(
+        {
+            "DATABASE_URL": f"postgresql://app:{quote(WRONG_PASSWORD, safe='')}@h/db",
+            "DATABASE_SSLPASSWORD": PASSPHRASE,
+            "HOME": "/root",
+        }
+    )
+    text = (
+        f"a {WRONG_PASSWORD} b {quote(WRONG_PASSWORD, safe='')} c {PASSPHRASE} /root "
+        "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMG\n-----END PRIVATE KEY-----"
+    )
+    masked = masker(text)
+    assert_no_secrets(masked, WRONG_PASSWORD, PASSPHRASE)
+    assert "MIGHAgEAMBMG" not in masked
+    assert "/root" in masked
+    assert "***" in masked
+
+
+# -- config -----------------------------------------------------------------------------------
+
+
+def test_config_default_is_embedded_sqlite(cli: Callable[..., Result]) -> None:
+    code, out, _ = cli("config")
+    assert code == EXIT_OK
+    assert "source: environment" in out
+    line = next(x for x in out.splitlines() if x.startswith("default"))
+    assert "sqlite" in line
+    assert "db.sqlite3" in line
+    code, out, _ = cli("config", "--json")
+    data = json.loads(out)
+    (alias,) = data["aliases"]
+    assert alias["alias"] == "default"
+    assert alias["vendor"] == "sqlite"
+    assert alias["pooled"] is True
+    assert alias["tls"] is None
+
+
+def test_config_shows_every_alias_without_password(cli: Callable[..., Result], server: Any) -> None:
+    env = {
+        "DATABASE_URL": server.url("app"),
+        "DATABASE_POOL_SIZE": "7",
+        "DATABASE_MAX_OVERFLOW": "2",
+        "DATABASE_REPLICAS": "replica1",
+        "REPLICA1_DATABASE_URL": server.url("app"),
+    }
+    code, out, err = cli("config", **env)
+    assert code == EXIT_OK, err
+    assert_no_secrets(out + err, password_of(server))
+    rows = {x.split()[0]: x for x in out.splitlines()[3:] if x and not x.startswith("POOL")}
+    assert "primary" in rows["default"]
+    assert "replica of default" in rows["replica1"]
+    assert "***" in rows["default"]
+    assert "7+2" in rows["default"]
+    assert "7+2" in rows["replica1"]  # inherited from the primary
+    assert "verify-full" in rows["default"]
+    assert str(server.certs.ca_cert) in rows["default"]
+
+    code, out, err = cli("config", "--json", **env)
+    assert code == EXIT_OK
+    assert_no_secrets(out + err, password_of(server))
+    data = {a["alias"]: a for a in json.loads(out)["aliases"]}
+    default = data["default"]
+    assert default["password"] == "***"
+    assert default["user"] == "app"
+    assert default["host"] == server.host
+    assert default["port"] == server.port
+    assert default["engine"] == f"multipool.backends.{server.engine.replace('sqlite', 'sqlite3')}"
+    assert default["pool"]["size"] == 7
+    assert default["tls"]["mode"] == "verify-full"
+    assert default["tls"]["client_cert"] is False
+    assert default["replicas"] == ["replica1"]
+    assert data["replica1"]["role"] == "replica of default"
+
+
+def test_config_error_exits_2_with_the_variable(cli: Callable[..., Result]) -> None:
+    code, out, err = cli(
+        "config", DATABASE_URL="postgresql://app:hunter22@db/app", DATABASE_POOL_SIZE="lots"
+    )
+    assert code == EXIT_USAGE
+    assert "DATABASE_POOL_SIZE" in err
+    assert_no_secrets(out + err, "hunter22")
+
+
+# -- check ------------------------------------------------------------------------------------
+
+
+def test_check_without_problems(cli: Callable[..., Result]) -> None:
+    code, out, _ = cli("check")
+    assert code == EXIT_OK
+    assert "no issues" in out
+
+
+def test_check_reports_tls_file_errors_with_exit_1(
+    cli: Callable[..., Result], tmp_path: Path
+) -> None:
+    env = {
+        "DATABASE_URL": "postgresql://app:hunter22@db.internal/app",
+        "DATABASE_SSLMODE": "verify-full",
+        "DATABASE_SSLROOTCERT": str(tmp_path / "missing-ca.crt"),
+    }
+    code, out, err = cli("check", **env)
+    assert code == EXIT_PROBLEMS
+    assert "multipool.E003" in out
+    assert "DATABASE_SSLROOTCERT" in out
+    assert "HINT" in out
+    assert_no_secrets(out + err, "hunter22")
+    code, out, _ = cli("check", "--json", **env)
+    assert code == EXIT_PROBLEMS
+    data = json.loads(out)
+    assert [m["id"] for m in data["messages"]] == ["multipool.E003"]
+    assert data["ok"] is False
+
+
+def test_check_deploy_and_fail_level(cli: Callable[..., Result]) -> None:
+    env = {"DATABASE_URL": "postgresql://app:hunter22@db.internal/app?sslmode=require"}
+    code, out, _ = cli("check", **env)
+    assert code == EXIT_OK
+    assert "W101" not in out
+    code, out, err = cli("check", "--deploy", **env)
+    assert code == EXIT_OK  # warnings only
+    assert "multipool.W101" in out
+    code, out, err = cli("check", "--deploy", "--fail-level", "WARNING", **env)
+    assert code == EXIT_PROBLEMS
+    assert_no_secrets(out + err, "hunter22")
+
+
+def test_check_connect_reports_server_version_tls_and_rtt(
+    cli: Callable[..., Result], server: Any
+) -> None:
+    code, out, err = cli("check", "--connect", DATABASE_URL=server.url("app"))
+    assert code == EXIT_OK, out + err
+    assert_no_secrets(out + err, password_of(server))
+    line = next(x for x in out.splitlines() if x.startswith("default "))
+    assert " ok " in line
+    assert "TLSv1." in line
+    assert " ms" in line
+
+    code, out, err = cli("check", "--connect", "--json", DATABASE_URL=server.url("app"))
+    assert code == EXIT_OK
+    (probe,) = json.loads(out)["connections"]
+    assert probe["ok"] is True
+    assert probe["tls_protocol"] in ("TLSv1.2", "TLSv1.3")
+    assert probe["tls_cipher"]
+    assert probe["rtt_seconds"] > 0
+    assert probe["connect_seconds"] > 0
+    assert server.version.split("-")[0] in probe["server"]
+    assert ("PostgreSQL" if server.engine == "postgresql" else "M") in probe["server"]
+
+
+def test_check_connect_without_tls_says_so(
+    cli: Callable[..., Result], postgres_server: Any
+) -> None:
+    url = postgres_server.url("plain", tls="disable")
+    code, out, _ = cli("check", "--connect", "--json", DATABASE_URL=url)
+    assert code == EXIT_OK
+    (probe,) = json.loads(out)["connections"]
+    assert probe["ok"] is True
+    assert probe["tls_protocol"] is None
+    code, out, _ = cli("check", "--connect", DATABASE_URL=url)
+    line = next(x for x in out.splitlines() if x.startswith("default "))
+    assert " none " in line
+
+
+@pytest.mark.parametrize("failure", ["wrong password", "unreachable port"])
+def test_failed_connect_exit_1_and_nothing_secret(
+    cli: Callable[..., Result], server: Any, tmp_path: Path, failure: str
+) -> None:
+    url = wrong_password_url(server) if failure == "wrong password" else unreachable_url(server)
+    env = clean_env(DATABASE_URL=url)
+    result = run("check", "--connect", "--timeout", "5", env=env, cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == EXIT_PROBLEMS, output
+    assert "FAILED" in result.stdout
+    assert "connect failed" in result.stderr
+    assert_no_secrets(output, WRONG_PASSWORD, password_of(server))
+
+    code, out, err = cli("budget", "--workers", "2", "--hosts", "1", "--connect", DATABASE_URL=url)
+    assert code == EXIT_PROBLEMS
+    assert "connect failed" in err
+    assert_no_secrets(out + err, WRONG_PASSWORD, password_of(server))
+
+    result = run("demo", "--requests", "5", env=env, cwd=tmp_path)
+    assert result.returncode == EXIT_PROBLEMS
+    assert "cannot connect" in result.stderr
+    assert_no_secrets(result.stdout + result.stderr, WRONG_PASSWORD, password_of(server))
+
+
+def _encrypted_key(key_path: Path, target: Path) -> Path:
+    key = serialization.load_pem_private_key(key_path.read_bytes(), None)
+    target.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(PASSPHRASE.encode()),
+        )
+    )
+    target.chmod(0o600)
+    return target
+
+
+def test_key_passphrase_and_private_key_never_printed(
+    cli: Callable[..., Result], postgres_server: Any, tmp_path: Path
+) -> None:
+    server = postgres_server
+    cert, key = server.certs.client("certuser")
+    encrypted = _encrypted_key(Path(key), tmp_path / "certuser-encrypted.key")
+    env = {
+        "DATABASE_URL": server.url("certuser"),
+        "DATABASE_SSLCERT": str(cert),
+        "DATABASE_SSLKEY": str(encrypted),
+        "DATABASE_SSLPASSWORD": PASSPHRASE,
+    }
+    for argv in (["config"], ["config", "--json"], ["check", "--connect", "--deploy"]):
+        code, out, err = cli(*argv, **env)
+        assert code == EXIT_OK, out + err
+        assert_no_secrets(out + err, PASSPHRASE)
+    # certuser logs in with the client certificate only: the encrypted key worked.
+    assert " ok " in next(x for x in out.splitlines() if x.startswith("default "))
+
+    # A wrong passphrase: reported (E003, naming the variable), never shown.
+    code, out, err = cli("check", **{**env, "DATABASE_SSLPASSWORD": "Not-The-Passphrase"})
+    assert code == EXIT_PROBLEMS
+    assert "DATABASE_SSLPASSWORD" in out
+    assert_no_secrets(out + err, PASSPHRASE, "Not-The-Passphrase")
+
+    # The key given as PEM text in the environment: never echoed.
+    pem = Path(key).read_text()
+    body = pem.strip().splitlines()[1]
+    env = {"DATABASE_URL": server.url("certuser"), "DATABASE_SSLCERT": str(cert)}
+    for argv in (["config", "--json"], ["check", "--connect"]):
+        code, out, err = cli(*argv, **env, DATABASE_SSLKEY=pem)
+        assert code == EXIT_OK, out + err
+        assert body not in out + err
+        assert_no_secrets(out + err)
+
+
+# -- certs ------------------------------------------------------------------------------------
+
+
+def test_certs_init_creates_and_never_overwrites_silently(
+    cli: Callable[..., Result], tmp_path: Path
+) -> None:
+    code, out, err = cli("certs", "init", "--host", "db.internal", "--client", "app")
+    assert code == EXIT_OK, err
+    directory = tmp_path / "certs"
+    names = sorted(p.name for p in directory.iterdir())
+    assert names == [
+        "ca.crt",
+        "ca.key",
+        "client-app.crt",
+        "client-app.key",
+        "server.crt",
+        "server.key",
+    ]
+    for name in names:
+        assert name in out
+        mode = (directory / name).stat().st_mode & 0o777
+        assert mode == (0o600 if name.endswith(".key") else 0o644)
+    assert "DATABASE_SSLROOTCERT" in out
+    before = {n: (directory / n).read_bytes() for n in names}
+    assert_no_secrets(out + err)
+    for data in before.values():
+        assert data.decode() not in out
+
+    code, out, err = cli("certs", "init")
+    assert code == EXIT_PROBLEMS
+    assert "--force" in err
+    assert {n: (directory / n).read_bytes() for n in names} == before
+
+    code, out, err = cli("certs", "init", "--force", "--client", "app", "--json")
+    assert code == EXIT_OK
+    data = json.loads(out)
+    assert data["overwritten"] is True
+    assert {Path(f["path"]).name for f in data["files"]} == set(names)
+    assert (directory / "ca.key").read_bytes() != before["ca.key"]
+    assert_no_secrets(out + err)
+
+    code, out, _ = cli("certs", "init", str(tmp_path / "other"), "--days", "30")
+    assert code == EXIT_OK
+    assert (tmp_path / "other" / "ca.crt").exists()
+
+
+# -- budget -----------------------------------------------------------------------------------
+
+
+def test_budget_against_a_given_limit(cli: Callable[..., Result]) -> None:
+    env = {
+        "DATABASE_URL": "postgresql://app:hunter22@db.internal/app",
+        "DATABASE_POOL_SIZE": "5",
+        "DATABASE_MAX_OVERFLOW": "5",
+        "DATABASE_ALIASES": "legacy",
+        "LEGACY_DATABASE_URL": "mysql://app:hunter22@mysql.internal/app",
+        "LEGACY_DATABASE_POOL_SIZE": "2",
+        "LEGACY_DATABASE_MAX_OVERFLOW": "0",
+    }
+    # 4 workers x 2 hosts = 8 processes: PostgreSQL 8 x 10 = 80, MySQL 8 x 2 = 16.
+    code, out, err = cli(
+        "budget", "--workers", "4", "--hosts", "2", "--max-connections", "100", **env
+    )
+    assert code == EXIT_OK, err
+    assert "80" in out
+    assert "16" in out
+    code, out, err = cli(
+        "budget", "--workers", "4", "--hosts", "2", "--max-connections", "50", "--json", **env
+    )
+    assert code == EXIT_PROBLEMS
+    data = json.loads(out)
+    assert data["over_budget"] is True
+    servers = {s["vendor"]: s for s in data["servers"]}
+    assert servers["postgresql"]["demand"] == 80
+    assert servers["postgresql"]["status"] == "OVER"
+    assert servers["mysql"]["demand"] == 16
+    assert servers["mysql"]["status"] == "ok"
+    code, out, err = cli(
+        "budget", "--workers", "4", "--hosts", "2", "--max-connections", "50", **env
+    )
+    assert code == EXIT_PROBLEMS
+    assert "over budget" in out
+    assert "DATABASE_POOL_SIZE=3" in out  # 50 // 8 = 6 per process: 3 + 3
+    assert "PgBouncer" in out
+    assert "ProxySQL" not in out  # MySQL is within budget
+    code, out, err = cli(
+        "budget", "--workers", "40", "--hosts", "2", "--max-connections", "50", **env
+    )
+    assert code == EXIT_PROBLEMS
+    assert "ProxySQL" in out
+    assert "even one connection per process is too many" in out
+    assert_no_secrets(out + err, "hunter22")
+
+
+def test_budget_skips_sqlite_and_counts_threads_when_unpooled(
+    cli: Callable[..., Result],
+) -> None:
+    code, out, _ = cli("budget", "--workers", "2", "--hosts", "1")
+    assert code == EXIT_OK
+    assert "SQLite is embedded" in out
+    env = {"DATABASE_URL": "postgresql://db/app", "DATABASE_POOL": "false"}
+    code, out, _ = cli(
+        "budget", "--workers", "2", "--hosts", "3", "--threads", "8", "--json", **env
+    )
+    (alias,) = json.loads(out)["aliases"]
+    assert alias["pooled"] is False
+    assert alias["fleet"] == 2 * 3 * 8
+
+
+def test_budget_reads_the_live_server_limit(cli: Callable[..., Result], server: Any) -> None:
+    if server.engine == "postgresql":
+        maximum = int(server.query("SHOW max_connections")[0][0])
+        reserved = int(server.query("SHOW superuser_reserved_connections")[0][0])
+        available = maximum - reserved
+    else:
+        maximum = available = int(server.query("SELECT @@max_connections")[0][0])
+    env = {
+        "DATABASE_URL": server.url("app"),
+        "DATABASE_POOL_SIZE": "3",
+        "DATABASE_MAX_OVERFLOW": "2",
+    }
+    code, out, err = cli("budget", "--workers", "2", "--hosts", "1", "--connect", "--json", **env)
+    assert code == EXIT_OK, out + err
+    (info,) = json.loads(out)["servers"]
+    assert info["max_connections"] == maximum
+    assert info["available"] == available
+    assert info["demand"] == 10
+    assert info["status"] == "ok"
+    workers = available // 5 + 1  # one process too many
+    code, out, err = cli("budget", "--workers", str(workers), "--hosts", "1", "--connect", **env)
+    assert code == EXIT_PROBLEMS
+    assert "over budget" in out
+    assert ("PgBouncer" if server.engine == "postgresql" else "ProxySQL") in out
+    assert_no_secrets(out + err, password_of(server))
+
+
+# -- demo -----------------------------------------------------------------------------------------
+
+
+def test_demo_with_nothing_configured(tmp_path: Path) -> None:
+    result = run("demo", env=clean_env(), cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == EXIT_OK, output
+    assert "configured by multipool" in result.stdout
+    assert "sqlite db.sqlite3" in result.stdout
+    for label in ("pooled", "new connection per request", "requests/s", "connects", "latency"):
+        assert label in result.stdout
+    assert "final pool stats" in result.stdout
+    assert "[#" not in result.stderr  # no progress bar: stderr is not a terminal
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["db.sqlite3"]
+
+    result = run(
+        "demo", "--requests", "60", "--threads", "3", "--json", env=clean_env(), cwd=tmp_path
+    )
+    assert result.returncode == EXIT_OK, result.stderr
+    data = json.loads(result.stdout)
+    (alias,) = data["aliases"]
+    assert alias["alias"] == "default"
+    assert alias["unpooled"]["requests"] == alias["pooled"]["requests"] == 60
+    assert alias["unpooled"]["connects"] == 60
+    assert 1 <= alias["pooled"]["connects"] <= 3
+    assert alias["pooled"]["checkouts"] == 60
+    assert alias["pooled"]["requests_per_second"] > 0
+    assert alias["pool_stats"]["checked_out"] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["db.sqlite3"]
+
+
+def test_demo_against_a_server(server: Any, tmp_path: Path) -> None:
+    env = clean_env(DATABASE_URL=server.url("app"), DATABASE_POOL_SIZE="2")
+    result = run("demo", "--requests", "40", "--threads", "4", "--json", env=env, cwd=tmp_path)
+    assert result.returncode == EXIT_OK, result.stderr
+    assert_no_secrets(result.stdout + result.stderr, password_of(server))
+    (alias,) = json.loads(result.stdout)["aliases"]
+    unpooled, pooled = alias["unpooled"], alias["pooled"]
+    # Server-side session ids: one per request without the pool, a few with it.
+    assert unpooled["server_sessions"] == unpooled["connects"] == 40
+    assert 1 <= pooled["server_sessions"] <= 4
+    assert pooled["connects"] == pooled["server_sessions"]
+    assert alias["pool_stats"]["max_overflow"] == 5
+    assert alias["speedup"] > 1
+
+    result = run("demo", "--requests", "8", env=env, cwd=tmp_path)
+    assert result.returncode == EXIT_OK
+    assert "server sessions" in result.stdout
+    assert_no_secrets(result.stdout + result.stderr, password_of(server))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_demo_uses_the_django_settings_module(tmp_path: Path) -> None:
+    env = clean_env(
+        DJANGO_SETTINGS_MODULE="tests.project.settings",
+        PYTHONPATH=str(ROOT),
+        DATABASE_URL=f"sqlite:///{tmp_path}/project.sqlite3",
+    )
+    result = run("demo", "--requests", "20", "--threads", "2", env=env, cwd=tmp_path)
+    assert result.returncode == EXIT_OK, result.stderr
+    assert "Django settings tests.project.settings" in result.stdout
+    assert "project.sqlite3" in result.stdout
+
+
+# -- status ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def used_alias(make_alias: Callable[..., Any]) -> Iterator[Any]:
+    conn = make_alias(POOL_SIZE="2", MAX_OVERFLOW="1")
+    for _ in range(3):
+        conn.ensure_connection()
+        conn.close()
+    yield conn
+
+
+def test_management_command_shows_live_pool_stats(used_alias: Any) -> None:
+    out = io.StringIO()
+    call_command("multipool_status", "--json", stdout=out)
+    rows = {r["alias"]: r for r in json.loads(out.getvalue())["aliases"]}
+    row = rows[used_alias.alias]
+    assert row["state"] == "active"
+    assert row["pool_size"] == 2
+    assert row["max_overflow"] == 1
+    assert row["connects"] == 1
+    assert row["checkouts"] >= 3
+    assert row["checked_out"] == 0
+    assert rows["default"]["vendor"] == "sqlite"
+
+    out = io.StringIO()
+    call_command("multipool_status", stdout=out)
+    line = next(x for x in out.getvalue().splitlines() if x.startswith(used_alias.alias))
+    assert "active" in line
+
+
+def test_status_subcommand_and_connect_option(cli: Callable[..., Result], used_alias: Any) -> None:
+    code, out, _ = cli("status", "--json")
+    assert code == EXIT_OK
+    rows = {r["alias"]: r for r in json.loads(out)["aliases"]}
+    assert rows[used_alias.alias]["state"] == "active"
+
+    out_buffer = io.StringIO()
+    call_command("multipool_status", "--connect", stdout=out_buffer)
+    assert "default" in out_buffer.getvalue()
