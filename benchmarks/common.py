@@ -1,0 +1,403 @@
+"""What the benchmarks share: servers, bench databases, DATABASES entries, statistics."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
+
+ENGINES = ("postgresql", "mysql")
+#: TLS variant -> (test-server user, TLS mode). ``plain`` may log in without TLS;
+#: ``app`` must use TLS.
+TLS_VARIANTS: dict[str, tuple[str, str]] = {
+    "off": ("plain", "disable"),
+    "verify-full": ("app", "verify-full"),
+}
+
+#: configuration -> what it is (for tables and charts)
+CONFIGS: dict[str, str] = {
+    "conn_per_request": "stock Django, CONN_MAX_AGE=0 (new connection per request)",
+    "persistent": "stock Django, CONN_MAX_AGE=None (persistent connection per thread)",
+    "django_pool": "Django's native pool (psycopg_pool, min_size=max_size=threads)",
+    "dj_db_conn_pool": "django-db-connection-pool (pool_size=threads, defaults otherwise)",
+    "multipool": "multipool (pool_size=threads, defaults otherwise)",
+}
+#: configurations that exist only for some engines
+ENGINE_CONFIGS: dict[str, tuple[str, ...]] = {
+    "postgresql": tuple(CONFIGS),
+    "mysql": tuple(c for c in CONFIGS if c != "django_pool"),
+}
+LABELS: dict[str, str] = {
+    "conn_per_request": "Django CONN_MAX_AGE=0",
+    "persistent": "Django CONN_MAX_AGE=None",
+    "django_pool": "Django native pool",
+    "dj_db_conn_pool": "django-db-connection-pool",
+    "multipool": "multipool",
+}
+
+
+
+def available_configs(engine: str) -> tuple[str, ...]:
+    """The configurations of ``engine`` this installation can run (Django's native
+    pool needs Django 5.1+)."""
+    import django
+
+    configs = ENGINE_CONFIGS[engine]
+    if django.VERSION < (5, 1):
+        configs = tuple(c for c in configs if c != "django_pool")
+    return configs
+
+
+BENCH_TABLE = "bench_item"
+BENCH_ROWS = 1000
+
+_VERSIONED = (
+    "Django",
+    "SQLAlchemy",
+    "psycopg",
+    "psycopg-binary",
+    "psycopg-pool",
+    "mysqlclient",
+    "django-db-connection-pool",
+    "multipool",
+)
+
+
+# -- environment ---------------------------------------------------------------------
+
+
+def package_versions(names: Iterable[str] = _VERSIONED) -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def machine_info() -> dict[str, Any]:
+    load: list[float] | None = None
+    with contextlib.suppress(OSError, AttributeError):
+        load = [round(x, 2) for x in os.getloadavg()]
+    return {
+        "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "loadavg": load,
+        "packages": package_versions(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+# -- statistics ----------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The ``q``-th percentile (0..100) of ``values``, nearest-rank on sorted data."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return float(ordered[rank - 1])
+
+
+def median(values: Iterable[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return float(statistics.median(present)) if present else None
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or not b:
+        return None
+    return a / b
+
+
+def rounded(value: float | None, digits: int = 3) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def write_json(path: Path, data: Mapping[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    return path
+
+
+# -- servers -------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _env(name: str, value: str | None) -> Iterator[None]:
+    if value is None:
+        yield
+        return
+    saved = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved
+
+
+@contextlib.contextmanager
+def open_servers(
+    engines: Sequence[str], *, postgres_url: str | None = None, mysql_url: str | None = None
+) -> Iterator[dict[str, Any]]:
+    """Start (or, given an admin URL, attach to) the test server of each engine."""
+    from multipool.testing import start_mysql, start_postgres
+    from multipool.testing.servers import ENV_MYSQL_URL, ENV_POSTGRES_URL
+
+    servers: dict[str, Any] = {}
+    try:
+        for engine in engines:
+            if engine == "postgresql":
+                with _env(ENV_POSTGRES_URL, postgres_url):
+                    servers[engine] = start_postgres()
+            elif engine == "mysql":
+                with _env(ENV_MYSQL_URL, mysql_url):
+                    servers[engine] = start_mysql()
+            else:
+                raise ValueError(f"unknown engine {engine!r}")
+            print(servers[engine].summary(), file=sys.stderr)
+        yield servers
+    finally:
+        for server in servers.values():
+            server.close()
+
+
+@dataclass
+class ServerRef:
+    """What the micro-benchmark needs of a test server, as plain data: it can cross
+    into another process (its URLs hold passwords: pass it on stdin, not argv)."""
+
+    engine: str
+    flavor: str
+    version: str
+    backend: str
+    host: str
+    database: str
+    urls: dict[str, str] = field(repr=False)
+
+    @classmethod
+    def of(cls, server: Any) -> ServerRef:
+        return cls(
+            engine=server.engine,
+            flavor=server.flavor,
+            version=server.version,
+            backend=server.backend,
+            host=server.host,
+            database=server.database,
+            urls={f"{u}|{t}": server.url(u, tls=t) for u, t in TLS_VARIANTS.values()},
+        )
+
+    def url(self, user: str, *, tls: str, database: str | None = None) -> str:
+        if database not in (None, self.database):
+            raise ValueError(f"ServerRef knows database {self.database!r} only")
+        return self.urls[f"{user}|{tls}"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def server_info(server: Any) -> dict[str, Any]:
+    return {
+        "engine": server.engine,
+        "flavor": server.flavor,
+        "version": server.version,
+        "backend": server.backend,
+        "host": server.host,
+    }
+
+
+def create_bench_database(server: Any, name: str, rows: int = BENCH_ROWS) -> None:
+    """(Re)create database ``name`` with table ``bench_item(id primary key, name)``,
+    readable by the ``app`` and ``plain`` users."""
+    server.drop_database(name)
+    server.create_database(name)
+    users = [u for u in ("app", "plain") if u in server.users]
+    if server.engine == "postgresql":
+        statements = [
+            (f"CREATE TABLE {BENCH_TABLE} (id integer PRIMARY KEY, name text)", None),
+            (
+                f"INSERT INTO {BENCH_TABLE} SELECT g, 'item ' || g FROM generate_series(1, %s) g",
+                (rows,),
+            ),
+            (f"ANALYZE {BENCH_TABLE}", None),
+            *((f'GRANT SELECT ON {BENCH_TABLE} TO "{u}"', None) for u in users if u != "app"),
+        ]
+        conn = _pg_connect(server.connect_params("app", database=name))
+        try:
+            with contextlib.closing(conn.cursor()) as cursor:
+                for sql, params in statements:
+                    cursor.execute(sql, params)
+        finally:
+            conn.close()
+    else:
+        server.query(
+            f"CREATE TABLE `{name}`.{BENCH_TABLE} (id INT PRIMARY KEY, name VARCHAR(40))"
+        )
+        values = ", ".join(f"({i}, 'item {i}')" for i in range(1, rows + 1))
+        server.query(f"INSERT INTO `{name}`.{BENCH_TABLE} VALUES {values}")
+        for user in users:
+            server.query(f"GRANT SELECT ON `{name}`.* TO %s@'%%'", (user,))
+
+
+def _pg_connect(params: Mapping[str, Any]) -> Any:
+    """An autocommit connection with psycopg 3, or psycopg2 where only that imports."""
+    try:
+        import psycopg
+    except ImportError:
+        import psycopg2
+
+        conn = psycopg2.connect(**params)
+        conn.autocommit = True
+        return conn
+    return psycopg.connect(**params, autocommit=True)
+
+
+def drop_bench_database(server: Any, name: str) -> None:
+    with contextlib.suppress(Exception):
+        server.drop_database(name)
+
+
+# -- DATABASES entries ---------------------------------------------------------------
+
+
+def multipool_entry(server: Any, *, user: str, tls: str, database: str, **env: Any) -> dict:
+    """A multipool DATABASES entry built as users build it: from environment variables."""
+    import multipool
+
+    environ = {"DATABASE_URL": server.url(user, tls=tls, database=database)}
+    environ.update({f"DATABASE_{k}": str(v) for k, v in env.items()})
+    saved = {k: os.environ.get(k) for k in environ}
+    os.environ.update(environ)
+    try:
+        return dict(multipool.databases()["default"])
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def stock_entry(mp_entry: Mapping[str, Any], vendor: str) -> dict[str, Any]:
+    """Stock Django's entry for the same server, user and TLS settings as ``mp_entry``."""
+    from multipool.config import POOL_OPTION_KEYS
+
+    entry = {
+        k: v for k, v in mp_entry.items() if k in ("NAME", "USER", "PASSWORD", "HOST", "PORT")
+    }
+    entry["ENGINE"] = f"django.db.backends.{vendor}"
+    entry["OPTIONS"] = {
+        k: v for k, v in mp_entry.get("OPTIONS", {}).items() if k not in POOL_OPTION_KEYS
+    }
+    return entry
+
+
+def config_entry(
+    config: str,
+    server: Any,
+    *,
+    user: str,
+    tls: str,
+    database: str,
+    threads: int,
+    max_overflow: int = 5,
+) -> dict[str, Any]:
+    """The DATABASES entry of one benchmark configuration."""
+    vendor = server.engine
+    mp = multipool_entry(
+        server,
+        user=user,
+        tls=tls,
+        database=database,
+        POOL_SIZE=threads,
+        MAX_OVERFLOW=max_overflow,
+    )
+    if config == "multipool":
+        return mp
+    entry = stock_entry(mp, vendor)
+    if config == "conn_per_request":
+        entry["CONN_MAX_AGE"] = 0
+    elif config == "persistent":
+        entry["CONN_MAX_AGE"] = None
+    elif config == "django_pool":
+        if vendor != "postgresql":
+            raise ValueError("Django's native pool exists for PostgreSQL only")
+        entry["CONN_MAX_AGE"] = 0
+        entry["OPTIONS"]["pool"] = {"min_size": threads, "max_size": threads}
+    elif config == "dj_db_conn_pool":
+        entry["ENGINE"] = f"dj_db_conn_pool.backends.{vendor}"
+        entry["CONN_MAX_AGE"] = 0
+        entry["POOL_OPTIONS"] = {"POOL_SIZE": threads, "MAX_OVERFLOW": max_overflow}
+    else:
+        raise ValueError(f"unknown configuration {config!r}")
+    return entry
+
+
+def database_name(config: str) -> str:
+    return f"mpbench_{config}"
+
+
+# -- server-side counters ------------------------------------------------------------
+
+
+def server_sessions(server: Any, databases: Sequence[str]) -> dict[str, int] | None:
+    """PostgreSQL: sessions ever established per database (``pg_stat_database.sessions``,
+    PostgreSQL 14+; flushed by each backend within about a second). ``None`` elsewhere."""
+    if server.engine != "postgresql" or getattr(server, "server_version_num", 0) < 140000:
+        return None
+    rows = server.query(
+        "SELECT datname, sessions FROM pg_stat_database WHERE datname = ANY(%s)",
+        (list(databases),),
+    )
+    return {str(name): int(count) for name, count in rows}
+
+
+def settled_sessions(server: Any, databases: Sequence[str]) -> dict[str, int] | None:
+    """:func:`server_sessions` once the counters stopped moving (backends flush late)."""
+    last = server_sessions(server, databases)
+    if last is None:
+        return None
+    time.sleep(1.2)
+    for _ in range(20):
+        now = server_sessions(server, databases)
+        if now == last:
+            return now
+        last = now
+        time.sleep(0.5)
+    return last
+
+
+def connections_counter(server: Any) -> int | None:
+    """MySQL/MariaDB: connection attempts since the server started (``Connections``)."""
+    if server.engine != "mysql":
+        return None
+    rows = server.query("SHOW GLOBAL STATUS LIKE 'Connections'")
+    return int(rows[0][1])

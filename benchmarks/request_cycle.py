@@ -1,0 +1,729 @@
+"""Request-cycle benchmark: multipool against stock Django and the other Django pools.
+
+    .venv/bin/python -m benchmarks.request_cycle --threads 4 --requests 2000
+
+For each engine (PostgreSQL, MySQL/MariaDB) and each TLS variant (``off``: user
+``plain``, ``sslmode=disable``; ``verify-full``: user ``app``, the server
+certificate verified against the test CA), every configuration of
+:data:`benchmarks.common.CONFIGS` runs in its own worker process
+(:mod:`benchmarks.cycle_worker`) with one alias and ``--threads`` threads. The
+configurations take turns: ``--rounds`` rounds, each running every
+configuration once (in a rotated order) for ``--requests`` requests per
+thread (``--slow-requests`` for ``CONN_MAX_AGE=0``, 10-100x slower), so that
+noise from the rest of the machine spreads over all of them. Ratios are taken
+per round, between configurations of the same round, and the median over
+rounds is reported. ``--view-us`` adds CPU-bound Python work to each request
+(a view's ORM and templates), holding the GIL.
+
+Server side, each configuration has a database of its own
+(``mpbench_<config>``), which is how its connections are told apart:
+
+* ``peak`` -- the most client connections seen at once during its rounds
+  (sampled every 20 ms from ``pg_stat_activity`` / ``PROCESSLIST``);
+* ``opened`` -- connections the server accepted during the measured rounds:
+  PostgreSQL ``pg_stat_database.sessions`` of the configuration's database,
+  MySQL the ``Connections`` status counter around each run (one configuration
+  runs at a time);
+* ``open_after`` -- connections still open after the last round.
+
+Client side, ``client_connects`` counts the driver's ``connect()`` calls in
+the worker, and multipool's and Django's pools report their own counters.
+
+Results go to ``benchmarks/results/request_cycle.json`` and ``.png`` (``--out``).
+Without ``--postgres-url`` / ``--mysql-url`` the servers are started from local
+binaries (or containers) by :mod:`multipool.testing`; with them, the harness
+attaches to existing servers (admin URLs, see ``multipool.testing``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import (
+    CONFIGS,
+    ENGINES,
+    LABELS,
+    REPO_ROOT,
+    RESULTS_DIR,
+    TLS_VARIANTS,
+    available_configs,
+    config_entry,
+    connections_counter,
+    create_bench_database,
+    database_name,
+    drop_bench_database,
+    machine_info,
+    median,
+    open_servers,
+    percentile,
+    ratio,
+    rounded,
+    server_info,
+    settled_sessions,
+    write_json,
+)
+
+#: the targets of the issue, checked in every run (multipool vs the others, same run)
+TARGETS = {
+    "vs_persistent": 0.95,
+    "vs_dj_db_conn_pool": 1.2,
+    "vs_django_pool": 1.0,
+    "vs_conn_per_request_tls": 5.0,
+}
+
+
+#: configurations that serve 10-100x fewer requests/s: ``--slow-requests`` each round
+SLOW = ("conn_per_request",)
+
+
+class WorkerError(RuntimeError):
+    pass
+
+
+class Worker:
+    """A :mod:`benchmarks.cycle_worker` process running one configuration."""
+
+    def __init__(
+        self,
+        config: str,
+        vendor: str,
+        entry: Mapping[str, Any],
+        threads: int,
+        view_us: float = 0,
+    ) -> None:
+        self.config = config
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
+        )
+        env.pop("DJANGO_SETTINGS_MODULE", None)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.cycle_worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=str(REPO_ROOT),
+            env=env,
+            text=True,
+        )
+        # The entry holds a password: it goes through the pipe, never argv.
+        self._send({
+            "config": config,
+            "vendor": vendor,
+            "entry": dict(entry),
+            "threads": threads,
+            "view_us": view_us,
+        })
+
+    def _send(self, payload: Mapping[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(payload) + "\n")
+        self.proc.stdin.flush()
+
+    def _receive(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            code = self.proc.wait(timeout=30)
+            raise WorkerError(f"worker {self.config!r} exited (code {code}); see stderr")
+        reply: dict[str, Any] = json.loads(line)
+        if "error" in reply:
+            raise WorkerError(f"worker {self.config!r}: {reply['error']}")
+        return reply
+
+    def ready(self) -> dict[str, Any]:
+        return self._receive()
+
+    def run(self, requests: int) -> dict[str, Any]:
+        self._send({"cmd": "run", "requests": requests})
+        return self._receive()
+
+    def quit(self) -> dict[str, Any] | None:
+        reply = None
+        try:
+            if self.proc.poll() is None:
+                self._send({"cmd": "quit"})
+                reply = self._receive()
+            self.proc.wait(timeout=30)
+        except Exception:
+            self.kill()
+        return reply
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
+
+class PeakMonitor:
+    """Samples the server's connection count for one (user, database) while a run goes on."""
+
+    def __init__(self, server: Any, interval: float = 0.02) -> None:
+        self.server = server
+        self.interval = interval
+        self._target: tuple[str, str] | None = None
+        self._peak = 0
+        self._samples = 0
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._loop, name="peak-monitor", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stopped:
+            with self._lock:
+                target = self._target
+            if target is None:
+                self._wake.wait(0.2)
+                self._wake.clear()
+                continue
+            try:
+                count = self.server.connection_count(user=target[0], database=target[1])
+            except Exception:  # pragma: no cover - a sample lost is no harm
+                count = 0
+            with self._lock:
+                if self._target == target:
+                    self._peak = max(self._peak, count)
+                    self._samples += 1
+            time.sleep(self.interval)
+
+    def watch(self, user: str, database: str) -> None:
+        count = self.server.connection_count(user=user, database=database)
+        with self._lock:
+            self._target = (user, database)
+            self._peak = count
+            self._samples = 1
+        self._wake.set()
+
+    def done(self) -> tuple[int, int]:
+        """Stop watching; the peak (including one final sample) and the sample count."""
+        with self._lock:
+            target, self._target = self._target, None
+        assert target is not None
+        last = self.server.connection_count(user=target[0], database=target[1])
+        with self._lock:
+            return max(self._peak, last), self._samples + 1
+
+    def close(self) -> None:
+        self._stopped = True
+        self._wake.set()
+        self._thread.join(timeout=5)
+
+
+def _summarize_config(
+    config: str,
+    runs: list[dict[str, Any]],
+    *,
+    threads: int,
+    max_overflow: int,
+    sessions_opened: int | None,
+    open_after: int,
+    final_pool: dict[str, Any] | None,
+    warmup: dict[str, Any],
+) -> dict[str, Any]:
+    latencies = [us for run in runs for us in run["latencies_us"]]
+    total_requests = sum(run["requests"] for run in runs)
+    per_round_opened = [run["server_opened"] for run in runs]
+    if sessions_opened is None and all(v is not None for v in per_round_opened):
+        sessions_opened = sum(per_round_opened)
+    pooled = config in ("django_pool", "dj_db_conn_pool", "multipool")
+    summary: dict[str, Any] = {
+        "label": LABELS[config],
+        "description": CONFIGS[config],
+        "requests": total_requests,
+        "rps_median": rounded(median(run["rps"] for run in runs), 1),
+        "rps_rounds": [rounded(run["rps"], 1) for run in runs],
+        "p50_ms": rounded(_ms(percentile(latencies, 50))),
+        "p99_ms": rounded(_ms(percentile(latencies, 99))),
+        "mean_ms": rounded(_ms(sum(latencies) / len(latencies) if latencies else None)),
+        "errors": sum(run["errors"] for run in runs),
+        "error_samples": sorted({e for run in runs for e in run["error_samples"]})[:5],
+        "server_connections": {
+            "opened": sessions_opened,
+            "opened_per_request": rounded(
+                sessions_opened / total_requests if sessions_opened is not None and
+                total_requests else None, 4
+            ),
+            "peak": max(run["server_peak"] for run in runs) if runs else None,
+            "open_after": open_after,
+            "limit": threads + max_overflow if pooled else None,
+            "samples": sum(run["server_samples"] for run in runs),
+        },
+        "client_connects": sum(run["client_connects"] for run in runs),
+        "client_connects_warmup": warmup.get("client_connects"),
+        "pool_stats": final_pool,
+    }
+    return summary
+
+
+def _ms(us: float | None) -> float | None:
+    return None if us is None else us / 1000
+
+
+def _round_ratios(
+    rounds: list[dict[str, float]], numerator: str, denominator: str
+) -> tuple[float | None, list[float | None]]:
+    per_round = [ratio(r.get(numerator), r.get(denominator)) for r in rounds]
+    return rounded(median(per_round)), [rounded(x) for x in per_round]
+
+
+def run_group(
+    server: Any,
+    *,
+    tls_variant: str,
+    configs: Sequence[str],
+    threads: int,
+    requests: int,
+    rounds: int,
+    warmup: int,
+    max_overflow: int,
+    slow_requests: int | None = None,
+    view_us: float = 0,
+    log: Any = None,
+) -> dict[str, Any]:
+    """Every configuration against one server with one TLS variant, interleaved."""
+    engine = server.engine
+    user, tls = TLS_VARIANTS[tls_variant]
+    databases = {c: database_name(c) for c in configs}
+
+    def say(msg: str) -> None:
+        if log is not None:
+            print(f"[{engine}/{tls_variant}] {msg}", file=log, flush=True)
+
+    workers: dict[str, Worker] = {}
+    monitor = PeakMonitor(server)
+    try:
+        for config in configs:
+            entry = config_entry(
+                config,
+                server,
+                user=user,
+                tls=tls,
+                database=databases[config],
+                threads=threads,
+                max_overflow=max_overflow,
+            )
+            workers[config] = Worker(config, engine, entry, threads, view_us)
+        for worker in workers.values():
+            worker.ready()
+        warm: dict[str, dict[str, Any]] = {}
+        for config, worker in workers.items():
+            warm[config] = worker.run(warmup)
+            if warm[config]["errors"]:
+                raise WorkerError(
+                    f"{config}: warm-up failed: {warm[config]['error_samples']}"
+                )
+        say(f"warmed up ({warmup} requests/thread each)")
+        baseline = settled_sessions(server, list(databases.values()))
+
+        runs: dict[str, list[dict[str, Any]]] = {c: [] for c in configs}
+        per_round: list[dict[str, float]] = []
+        for r in range(rounds):
+            shift = r % len(configs)
+            order = [*configs[shift:], *configs[:shift]]
+            this_round: dict[str, float] = {}
+            for config in order:
+                before = connections_counter(server)
+                monitor.watch(user, databases[config])
+                n = requests if config not in SLOW or slow_requests is None else slow_requests
+                result = workers[config].run(n)
+                peak, samples = monitor.done()
+                after = connections_counter(server)
+                result["rps"] = result["requests"] / result["wall_s"]
+                result["server_peak"] = peak
+                result["server_samples"] = samples
+                result["server_opened"] = (
+                    after - before if after is not None and before is not None else None
+                )
+                runs[config].append(result)
+                this_round[config] = result["rps"]
+            per_round.append(this_round)
+            say(
+                f"round {r + 1}/{rounds}: "
+                + ", ".join(f"{c} {this_round[c]:.0f}/s" for c in configs)
+            )
+
+        final = settled_sessions(server, list(databases.values()))
+        open_after = {
+            c: server.connection_count(user=user, database=databases[c]) for c in configs
+        }
+        summaries: dict[str, dict[str, Any]] = {}
+        for config in configs:
+            opened = None
+            if baseline is not None and final is not None:
+                db = databases[config]
+                opened = final.get(db, 0) - baseline.get(db, 0)
+            last_pool = runs[config][-1]["pool"] if runs[config] else None
+            summaries[config] = _summarize_config(
+                config,
+                runs[config],
+                threads=threads,
+                max_overflow=max_overflow,
+                sessions_opened=opened,
+                open_after=open_after[config],
+                final_pool=last_pool,
+                warmup=warm[config],
+            )
+            for run in runs[config]:
+                run.pop("latencies_us", None)
+    finally:
+        monitor.close()
+        for worker in workers.values():
+            worker.quit()
+    for db in databases.values():
+        server.wait_for_connection_count(0, user=user, database=db, timeout=10)
+
+    ratios: dict[str, Any] = {}
+    if "multipool" in configs:
+        for other in configs:
+            if other == "multipool":
+                continue
+            med, each = _round_ratios(per_round, "multipool", other)
+            ratios[f"multipool_vs_{other}"] = {"median": med, "rounds": each}
+    for other in configs:
+        if other != "persistent" and "persistent" in configs:
+            med, each = _round_ratios(per_round, other, "persistent")
+            ratios[f"{other}_vs_persistent"] = {"median": med, "rounds": each}
+    return {
+        "engine": engine,
+        "flavor": server.flavor,
+        "server_version": server.version,
+        "tls": tls_variant,
+        "user": user,
+        "sslmode": tls,
+        "configs": summaries,
+        "ratios": ratios,
+        "rounds": [{k: rounded(v, 1) for k, v in r.items()} for r in per_round],
+        "runs": {c: runs[c] for c in configs},
+    }
+
+
+def check_targets(groups: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Each target of the issue for each group: value, goal, met."""
+    checks: list[dict[str, Any]] = []
+
+    def add(group: Mapping[str, Any], name: str, value: float | None, goal: float) -> None:
+        checks.append({
+            "engine": group["engine"],
+            "tls": group["tls"],
+            "target": name,
+            "value": value,
+            "goal": goal,
+            "met": None if value is None else value >= goal,
+        })
+
+    for group in groups:
+        ratios = group["ratios"]
+        configs = group["configs"]
+
+        def med(key: str, ratios: Mapping[str, Any] = ratios) -> float | None:
+            entry = ratios.get(key)
+            return entry["median"] if entry else None
+
+        if "multipool" not in configs:
+            continue
+        if "persistent" in configs:
+            add(group, "multipool >= 0.95x persistent", med("multipool_vs_persistent"),
+                TARGETS["vs_persistent"])
+        if "dj_db_conn_pool" in configs:
+            add(group, "multipool >= 1.2x django-db-connection-pool",
+                med("multipool_vs_dj_db_conn_pool"), TARGETS["vs_dj_db_conn_pool"])
+        if "django_pool" in configs:
+            add(group, "multipool >= 1.0x Django native pool",
+                med("multipool_vs_django_pool"), TARGETS["vs_django_pool"])
+        if "conn_per_request" in configs and group["tls"] != "off":
+            add(group, "multipool >= 5x conn-per-request (TLS)",
+                med("multipool_vs_conn_per_request"), TARGETS["vs_conn_per_request_tls"])
+        conns = configs["multipool"]["server_connections"]
+        limit, peak = conns["limit"], conns["peak"]
+        checks.append({
+            "engine": group["engine"],
+            "tls": group["tls"],
+            "target": "multipool server connections <= pool_size + max_overflow",
+            "value": peak,
+            "goal": limit,
+            "met": None if peak is None else peak <= limit,
+        })
+    return checks
+
+
+def run(
+    servers: Mapping[str, Any],
+    *,
+    threads: int = 4,
+    requests: int = 1000,
+    rounds: int = 9,
+    warmup: int | None = None,
+    tls_variants: Sequence[str] = tuple(TLS_VARIANTS),
+    configs: Sequence[str] | None = None,
+    max_overflow: int = 5,
+    slow_requests: int | None = 250,
+    view_us: float = 0,
+    cleanup: bool = True,
+    log: Any = sys.stderr,
+) -> dict[str, Any]:
+    """The benchmark's core: run every group and return the results (JSON-ready).
+
+    ``servers`` maps an engine (``postgresql``, ``mysql``) to a
+    :class:`multipool.testing.TestServer`. ``requests`` is per thread and round.
+    """
+    if warmup is None:
+        warmup = max(5, min(100, requests // 10))
+    started = time.monotonic()
+    meta = machine_info()
+    groups: list[dict[str, Any]] = []
+    for engine in ENGINES:
+        server = servers.get(engine)
+        if server is None:
+            continue
+        engine_configs = [
+            c for c in available_configs(engine) if configs is None or c in configs
+        ]
+        for config in engine_configs:
+            create_bench_database(server, database_name(config))
+        try:
+            for tls_variant in tls_variants:
+                groups.append(
+                    run_group(
+                        server,
+                        tls_variant=tls_variant,
+                        configs=engine_configs,
+                        threads=threads,
+                        requests=requests,
+                        rounds=rounds,
+                        warmup=warmup,
+                        max_overflow=max_overflow,
+                        slow_requests=None if slow_requests is None
+                        else min(slow_requests, requests),
+                        view_us=view_us,
+                        log=log,
+                    )
+                )
+        finally:
+            if cleanup:
+                for config in engine_configs:
+                    drop_bench_database(server, database_name(config))
+    meta["loadavg_end"] = machine_info()["loadavg"]
+    return {
+        "benchmark": "request_cycle",
+        "parameters": {
+            "threads": threads,
+            "requests_per_thread_per_round": requests,
+            "requests_per_thread_per_round_slow": {
+                c: requests if slow_requests is None else min(slow_requests, requests)
+                for c in SLOW
+            },
+            "rounds": rounds,
+            "warmup_per_thread": warmup,
+            "pool_size": threads,
+            "max_overflow": max_overflow,
+            "query": "SELECT name FROM bench_item WHERE id = %s (primary key, 1000 rows)",
+            "view_us": view_us,
+        },
+        "machine": meta,
+        "servers": {engine: server_info(s) for engine, s in servers.items()},
+        "duration_s": round(time.monotonic() - started, 1),
+        "groups": groups,
+        "targets": check_targets(groups),
+    }
+
+
+# -- output --------------------------------------------------------------------------
+
+
+def _fmt(value: float | None, spec: str = ".2f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def markdown_table(results: Mapping[str, Any]) -> str:
+    """The results as a Markdown table (one row per engine x TLS x configuration)."""
+    lines = [
+        "| Server | TLS | Configuration | req/s (median) | x persistent | "
+        "multipool x this | p50 ms | p99 ms | server conns opened | peak open | errors |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for group in results["groups"]:
+        server = f"{group['flavor']} {group['server_version'].removesuffix('-MariaDB')}"
+        ratios = group["ratios"]
+        for config, summary in group["configs"].items():
+            vs_persistent = (
+                1.0 if config == "persistent"
+                else (ratios.get(f"{config}_vs_persistent") or {}).get("median")
+            )
+            mp_vs = (
+                None if config == "multipool"
+                else (ratios.get(f"multipool_vs_{config}") or {}).get("median")
+            )
+            conns = summary["server_connections"]
+            name = f"**{summary['label']}**" if config == "multipool" else summary["label"]
+            lines.append(
+                f"| {server} | {group['tls']} | {name} | {_fmt(summary['rps_median'], '.0f')} | "
+                f"{_fmt(vs_persistent)} | {_fmt(mp_vs)} | {_fmt(summary['p50_ms'], '.3f')} | "
+                f"{_fmt(summary['p99_ms'], '.3f')} | {_fmt(conns['opened'], 'd')} | "
+                f"{_fmt(conns['peak'], 'd')} | {summary['errors']} |"
+            )
+    return "\n".join(lines)
+
+
+def targets_table(results: Mapping[str, Any]) -> str:
+    lines = [
+        "| Server | TLS | Target | Value | Goal | Met |",
+        "| --- | --- | --- | ---: | ---: | --- |",
+    ]
+    for check in results["targets"]:
+        value = check["value"]
+        shown = _fmt(value, "d") if isinstance(value, int) else _fmt(value)
+        met = {True: "yes", False: "**no**", None: "-"}[check["met"]]
+        lines.append(
+            f"| {check['engine']} | {check['tls']} | {check['target']} | {shown} | "
+            f"{check['goal']} | {met} |"
+        )
+    return "\n".join(lines)
+
+
+def chart(results: Mapping[str, Any], path: Path) -> Path:
+    """A PNG: throughput per configuration (left) and p99 latency (right), per group."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = results["groups"]
+    order = [c for c in CONFIGS if any(c in g["configs"] for g in groups)]
+    colors = {
+        "conn_per_request": "#b0b0b0",
+        "persistent": "#4c72b0",
+        "django_pool": "#dd8452",
+        "dj_db_conn_pool": "#937860",
+        "multipool": "#55a868",
+    }
+    names = [
+        f"{g['flavor']}\nTLS {g['tls']}".replace("postgresql", "PostgreSQL")
+        .replace("mariadb", "MariaDB").replace("mysql", "MySQL")
+        for g in groups
+    ]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
+    width = 0.8 / max(1, len(order))
+    for panel, (key, title, unit) in zip(
+        axes,
+        (("rps_median", "Throughput (median of rounds)", "requests/s"),
+         ("p99_ms", "p99 latency", "ms (log scale)")),
+        strict=True,
+    ):
+        for i, config in enumerate(order):
+            xs, ys = [], []
+            for j, group in enumerate(groups):
+                summary = group["configs"].get(config)
+                if summary is not None and summary[key] is not None:
+                    xs.append(j + (i - (len(order) - 1) / 2) * width)
+                    ys.append(summary[key])
+            bars = panel.bar(xs, ys, width, label=LABELS[config], color=colors.get(config))
+            if key == "rps_median":
+                panel.bar_label(bars, fmt="%.0f", fontsize=6, rotation=90, padding=2)
+        panel.set_xticks(range(len(groups)), names)
+        panel.set_title(title)
+        panel.set_ylabel(unit)
+        if key == "p99_ms":
+            panel.set_yscale("log")
+        else:
+            panel.margins(y=0.15)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    params = results["parameters"]
+    machine = results["machine"]
+    fig.suptitle(
+        f"Django request cycle, {params['threads']} threads, indexed lookup"
+        + (f" + {params['view_us']:g} µs view work" if params.get("view_us") else "")
+        + "; "
+        f"{machine['cpus']} CPUs ({machine['cpu']})",
+        fontsize=10,
+    )
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.request_cycle", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--threads", type=int, default=4, help="threads per process (= pool size)")
+    parser.add_argument(
+        "--requests", type=int, default=1000, help="requests per thread per round (default 1000)"
+    )
+    parser.add_argument(
+        "--slow-requests",
+        type=int,
+        default=250,
+        help="requests per thread per round for CONN_MAX_AGE=0 (default 250, at most --requests)",
+    )
+    parser.add_argument("--rounds", type=int, default=9, help="interleaved rounds (default 9)")
+    parser.add_argument(
+        "--view-us",
+        type=float,
+        default=0,
+        help="µs of CPU-bound Python per request after the query, like a view (default 0)",
+    )
+    parser.add_argument("--warmup", type=int, default=None, help="warm-up requests per thread")
+    parser.add_argument("--engines", default=",".join(ENGINES), help="postgresql,mysql")
+    parser.add_argument("--tls", default=",".join(TLS_VARIANTS), help="off,verify-full")
+    parser.add_argument("--configs", default=None, help=f"subset of {','.join(CONFIGS)}")
+    parser.add_argument("--max-overflow", type=int, default=5)
+    parser.add_argument("--postgres-url", default=None, help="admin URL of an existing server")
+    parser.add_argument("--mysql-url", default=None, help="admin URL of an existing server")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results directory")
+    parser.add_argument("--name", default="request_cycle", help="file name stem of the results")
+    parser.add_argument("--no-chart", action="store_true")
+    args = parser.parse_args(argv)
+
+    engines = [e for e in args.engines.split(",") if e]
+    tls_variants = [t for t in args.tls.split(",") if t]
+    configs = [c for c in args.configs.split(",") if c] if args.configs else None
+    for value, known, what in (
+        (engines, ENGINES, "engine"),
+        (tls_variants, TLS_VARIANTS, "TLS variant"),
+        (configs or [], CONFIGS, "configuration"),
+    ):
+        unknown = [v for v in value if v not in known]
+        if unknown:
+            parser.error(f"unknown {what}: {', '.join(unknown)}")
+
+    with open_servers(engines, postgres_url=args.postgres_url, mysql_url=args.mysql_url) as servers:
+        results = run(
+            servers,
+            threads=args.threads,
+            requests=args.requests,
+            rounds=args.rounds,
+            warmup=args.warmup,
+            tls_variants=tls_variants,
+            configs=configs,
+            max_overflow=args.max_overflow,
+            slow_requests=args.slow_requests,
+            view_us=args.view_us,
+        )
+    json_path = write_json(args.out / f"{args.name}.json", results)
+    table = markdown_table(results)
+    targets = targets_table(results)
+    (args.out / f"{args.name}.md").write_text(f"{table}\n\n{targets}\n")
+    print(table)
+    print()
+    print(targets)
+    print(f"\nresults: {json_path}", file=sys.stderr)
+    if not args.no_chart:
+        print(f"chart:   {chart(results, args.out / f'{args.name}.png')}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

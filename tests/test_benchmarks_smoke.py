@@ -1,0 +1,172 @@
+"""Smoke test of the benchmarks: the harness runs every configuration against the
+real test servers and reports sane fields. A few requests each; no timing assertions.
+
+The full benchmark is ``python -m benchmarks.request_cycle`` (see benchmarks/README.md).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from typing import Any
+
+import pytest
+
+from multipool.testing.servers import in_ci
+
+pytestmark = pytest.mark.timeout(900)
+
+THREADS = 2
+REQUESTS = 5
+ROUNDS = 2
+
+#: the alternatives the benchmark compares with (declared in the ``test`` extra)
+COMPARED = {
+    "dj_db_conn_pool": "django-db-connection-pool[postgresql,mysql]",
+    "psycopg_pool": "psycopg-pool",
+}
+
+
+def _require_compared_pools() -> None:
+    missing = [req for mod, req in COMPARED.items() if importlib.util.find_spec(mod) is None]
+    if missing:
+        reason = f"benchmark smoke test needs {', '.join(missing)} (pip install -e '.[test]')"
+        if in_ci():
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+
+
+@pytest.fixture(params=["postgresql", "mysql"])
+def bench_server(request: pytest.FixtureRequest) -> Any:
+    name = "postgres_server" if request.param == "postgresql" else "mysql_server"
+    return request.getfixturevalue(name)
+
+
+def test_request_cycle_smoke(bench_server: Any) -> None:
+    _require_compared_pools()
+    from benchmarks import request_cycle
+    from benchmarks.common import TLS_VARIANTS, available_configs, database_name
+
+    engine = bench_server.engine
+    results = request_cycle.run(
+        {engine: bench_server},
+        threads=THREADS,
+        requests=REQUESTS,
+        rounds=ROUNDS,
+        warmup=2,
+        log=None,
+    )
+    json.loads(json.dumps(results))  # JSON-ready
+
+    assert results["parameters"]["threads"] == THREADS
+    assert results["machine"]["cpus"]
+    groups = results["groups"]
+    assert [(g["engine"], g["tls"]) for g in groups] == [(engine, t) for t in TLS_VARIANTS]
+    per_config = THREADS * REQUESTS * ROUNDS
+    for group in groups:
+        assert list(group["configs"]) == list(available_configs(engine))
+        assert len(group["rounds"]) == ROUNDS
+        for config, summary in group["configs"].items():
+            where = f"{engine}/{group['tls']}/{config}"
+            assert summary["errors"] == 0, (where, summary["error_samples"])
+            assert summary["requests"] == per_config, where
+            assert summary["rps_median"] > 0, where
+            assert len(summary["rps_rounds"]) == ROUNDS, where
+            assert 0 < summary["p50_ms"] <= summary["p99_ms"], where
+            conns = summary["server_connections"]
+            assert conns["peak"] is not None and conns["peak"] >= 0, where
+            assert conns["opened"] is not None and conns["opened"] >= 0, where
+            if config == "conn_per_request":
+                # a new connection per request, seen by the server and the driver
+                assert conns["opened"] >= per_config, where
+                assert summary["client_connects"] == per_config, where
+                assert conns["open_after"] == 0, where
+            else:
+                # warmed up: nothing opened during the measured rounds
+                assert summary["client_connects"] == 0, where
+                assert 1 <= conns["open_after"] <= THREADS + 5, where
+            if conns["limit"] is not None:
+                assert conns["peak"] <= conns["limit"], where
+        pool = group["configs"]["multipool"]["pool_stats"]
+        assert pool["pool_size"] == THREADS
+        assert pool["checkouts"] >= per_config
+        assert 1 <= pool["connects"] <= THREADS
+        for other in group["configs"]:
+            if other != "multipool":
+                ratio = group["ratios"][f"multipool_vs_{other}"]
+                assert ratio["median"] > 0 and len(ratio["rounds"]) == ROUNDS
+
+    checks = results["targets"]
+    assert checks and all({"target", "value", "goal", "met"} <= set(c) for c in checks)
+    table = request_cycle.markdown_table(results)
+    assert table.count("\n") == 1 + sum(len(g["configs"]) for g in groups)
+
+    # the workers are gone and the bench databases dropped
+    for config in available_configs(engine):
+        assert bench_server.connection_count(database=database_name(config)) == 0
+
+
+def test_request_cycle_chart(tmp_path: Any) -> None:
+    pytest.importorskip("matplotlib")
+    from benchmarks import request_cycle
+
+    summary = {
+        "label": "x", "rps_median": 100.0, "p99_ms": 1.0,
+    }
+    results = {
+        "parameters": {"threads": 2},
+        "machine": {"cpus": 2, "cpu": "test"},
+        "groups": [
+            {"flavor": "postgresql", "tls": tls, "configs": {c: summary for c in configs}}
+            for tls, configs in (
+                ("off", ("persistent", "multipool")),
+                ("verify-full", ("conn_per_request", "multipool")),
+            )
+        ],
+    }
+    path = request_cycle.chart(results, tmp_path / "chart.png")
+    assert path.read_bytes().startswith(b"\x89PNG")
+
+
+def test_checkout_micro_smoke(postgres_server: Any) -> None:
+    """The micro-benchmark configures Django settings: it runs in a process of its own."""
+    _require_compared_pools()
+    import os
+    import subprocess
+    import sys
+
+    from benchmarks.common import REPO_ROOT, ServerRef
+
+    script = (
+        "import json, sys\n"
+        "from benchmarks import checkout_micro\n"
+        "from benchmarks.common import ServerRef\n"
+        "server = ServerRef(**json.loads(sys.stdin.read()))\n"
+        "results = checkout_micro.run({'postgresql': server}, number=20, repeat=2)\n"
+        "print(json.dumps(results))\n"
+    )
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        input=json.dumps(ServerRef.of(postgres_server).to_dict()),
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    rows = results["rows"]
+    cases = {(r["group"], r["case"]) for r in rows}
+    assert ("AliasPool checkout+checkin", "no ping") in cases
+    assert ("Django cycle", "multipool, pre_ping") in cases
+    assert ("Django cycle", "Django native pool") in cases
+    assert ("sqlalchemy QueuePool", "reset_on_return=None") in cases
+    assert all(r["median_us"] > 0 and r["best_us"] > 0 for r in rows)
+    counters = results["pool_counters"]
+    assert counters["postgresql_mp"]["pings"] == 0
+    assert counters["postgresql_mp_preping"]["pings"] > 0
+    assert counters["postgresql_mp_idle0"]["pings"] > 0
