@@ -1,0 +1,325 @@
+"""The documentation site: ``mkdocs build --strict``, navigation, links, and the examples
+of ``docs/troubleshooting.md`` (every error class, triggered for real and compared)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+import threading
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from multipool import errors
+from multipool.certs import generate_dev_certs, issue_cert, make_ca, write_cert, write_key
+from multipool.config import ENV_KEYS, read_environment, spec_from_settings
+from multipool.testing.servers import in_ci
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+MKDOCS_YML = ROOT / "mkdocs.yml"
+TROUBLESHOOTING = DOCS / "troubleshooting.md"
+
+#: where the examples' files appear to be (temporary paths are shown as this)
+EXAMPLE_DIR = "/etc/ssl/app"
+
+#: pages written for this site (other pages belong to other parts of the project)
+OWN_PAGES = ("index.md", "quickstart.md", "tls.md", "deployment.md", "migration.md",
+             "troubleshooting.md")
+
+
+# -- mkdocs ---------------------------------------------------------------------------------
+
+
+def _nav_pages(nav: Any) -> Iterator[str]:
+    if isinstance(nav, str):
+        yield nav
+    elif isinstance(nav, list):
+        for item in nav:
+            yield from _nav_pages(item)
+    elif isinstance(nav, dict):
+        for value in nav.values():
+            yield from _nav_pages(value)
+
+
+def test_nav_lists_only_existing_pages() -> None:
+    config = yaml.safe_load(MKDOCS_YML.read_text())
+    assert config["docs_dir"] == "docs"
+    pages = list(_nav_pages(config["nav"]))
+    assert len(pages) == len(set(pages)), "a page is listed twice"
+    missing = [p for p in pages if not p.startswith("http") and not (DOCS / p).is_file()]
+    assert not missing, f"mkdocs.yml nav lists pages that do not exist: {missing}"
+    for page in (*OWN_PAGES, "configuration.md", "pools.md"):
+        assert page in pages, page
+
+
+def test_mkdocs_build_strict(tmp_path: Path) -> None:
+    for module in ("mkdocs", "material"):
+        if importlib.util.find_spec(module) is None:
+            message = (
+                f"the documentation build needs {module!r}: pip install mkdocs mkdocs-material "
+                "(the dev extra)"
+            )
+            if in_ci():
+                pytest.fail(message, pytrace=False)
+            pytest.skip(message)
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file", str(MKDOCS_YML),
+         "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    for page in OWN_PAGES:
+        name = "index.html" if page == "index.md" else f"{page[:-3]}/index.html"
+        assert (tmp_path / "site" / name).is_file(), name
+
+
+# -- links ------------------------------------------------------------------------------------
+
+_FENCE = re.compile(r"^(```|~~~).*?^\1", re.S | re.M)
+_CODE = re.compile(r"`[^`\n]*`")
+_LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+_REF = re.compile(r"^\s*\[[^\]]+\]:\s*(\S+)", re.M)
+
+
+def _slug(heading: str) -> str:
+    """Python-Markdown's toc slug (the default mkdocs uses)."""
+    text = re.sub(r"<[^>]+>", "", heading)
+    text = re.sub(r"[`*_\[\]]", "", text)
+    text = re.sub(r"\]\([^)]*\)", "", text)
+    text = re.sub(r"[^\w\s-]", "", text).strip().lower()
+    return re.sub(r"[-\s]+", "-", text)
+
+
+def _anchors(page: Path) -> set[str]:
+    text = _FENCE.sub("", page.read_text())
+    anchors = set()
+    for line in text.splitlines():
+        match = re.match(r"#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if match:
+            anchors.add(_slug(match.group(1)))
+    anchors |= set(re.findall(r"\{\s*#([\w-]+)", text))
+    return anchors
+
+
+def _links(page: Path) -> list[str]:
+    text = _CODE.sub("", _FENCE.sub("", page.read_text()))
+    return _LINK.findall(text) + _REF.findall(text)
+
+
+@pytest.mark.parametrize("page", sorted(DOCS.glob("*.md")), ids=lambda p: p.name)
+def test_relative_links_resolve(page: Path) -> None:
+    broken = []
+    for target in _links(page):
+        if re.match(r"[a-z][a-z0-9+.-]*:", target):  # http:, https:, mailto:
+            continue
+        path, _, anchor = target.partition("#")
+        resolved = page if path == "" else (page.parent / path)
+        if not resolved.exists():
+            broken.append(f"{target} (no {resolved.relative_to(ROOT)})")
+            continue
+        if anchor and resolved.suffix == ".md" and anchor not in _anchors(resolved):
+            broken.append(f"{target} (no heading #{anchor} in {resolved.name})")
+    assert not broken, f"{page.name}: broken links: {broken}"
+
+
+@pytest.mark.parametrize("page", OWN_PAGES)
+def test_variables_in_pages_are_real(page: Path | str) -> None:
+    """Every ``*DATABASE_*`` word of these pages is a multipool variable (any alias)."""
+    suffixes = {key.suffix for key in ENV_KEYS}
+    text = (DOCS / str(page)).read_text()
+    wrong = set()
+    for match in re.finditer(r"(?<![A-Za-z0-9_<])([A-Z][A-Z0-9_]*_)?DATABASE_([A-Z0-9_]+)", text):
+        prefix, suffix = match.group(1), match.group(2)
+        if match.group(0) == "DATABASE_ROUTERS":
+            continue
+        if suffix not in suffixes or (prefix and suffix == "ALIASES"):
+            wrong.add(match.group(0))
+    assert not wrong, f"{page}: not multipool variables: {sorted(wrong)}"
+
+
+# -- troubleshooting: every error class, triggered -----------------------------------------
+
+PG = "postgresql://app:secret@db.internal:5432/app"
+
+
+def _env_error(env: dict[str, str]) -> errors.MultipoolError:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            read_environment(source=env)
+        except errors.MultipoolError as exc:
+            return exc
+    raise AssertionError(f"no error for {env}")
+
+
+def _settings_error(entry: dict[str, Any]) -> errors.MultipoolError:
+    try:
+        spec_from_settings("default", entry)
+    except errors.MultipoolError as exc:
+        return exc
+    raise AssertionError(f"no error for {entry}")
+
+
+def _pool_timeout() -> errors.MultipoolError:
+    """A real PoolTimeout: one connection, held by this thread, wanted by another."""
+    from django.db import connections
+
+    from multipool.config import databases
+    from tests.conftest import _TMP, registered_alias
+
+    entry = databases(
+        source={
+            "DATABASE_ALIASES": "reports",
+            "REPORTS_DATABASE_URL": f"sqlite:///{_TMP / 'reports.sqlite3'}",
+            "REPORTS_DATABASE_POOL_SIZE": "1",
+            "REPORTS_DATABASE_MAX_OVERFLOW": "0",
+            "REPORTS_DATABASE_POOL_TIMEOUT": "0.2",
+        }
+    )["reports"]
+    caught: list[errors.MultipoolError] = []
+    with registered_alias("reports", entry) as conn:
+        conn.ensure_connection()
+
+        def other() -> None:
+            try:
+                connections["reports"].ensure_connection()
+            except errors.PoolTimeout as exc:
+                caught.append(exc)
+            finally:
+                connections["reports"].close()
+
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join()
+        conn.close()
+    assert caught, "no PoolTimeout"
+    return caught[0]
+
+
+def error_examples(tmp: Path) -> list[tuple[str, str]]:
+    """``(what was set, error)`` of the examples in ``docs/troubleshooting.md``.
+
+    File paths under ``tmp`` appear as ``/etc/ssl/app`` in :func:`shown`.
+    """
+    certs = generate_dev_certs(tmp, clients=["app"])
+    cert, key = certs.client("app")
+    not_pem = tmp / "ca.crt.der"
+    not_pem.write_text("not a certificate")
+    start = dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)
+    old_ca = make_ca()
+    old_cert, old_key = issue_cert(
+        old_ca, "app", usage="client", not_before=start, not_after=start + dt.timedelta(days=30)
+    )
+    write_cert(tmp / "old-ca.crt", old_ca.cert)
+    write_cert(tmp / "expired.crt", old_cert)
+    write_key(tmp / "expired.key", old_key)
+    loose = tmp / "loose.key"
+    loose.write_bytes(key.read_bytes())
+    os.chmod(loose, 0o644)
+    verify = {"DATABASE_URL": PG, "DATABASE_SSLMODE": "verify-full",
+              "DATABASE_SSLROOTCERT": str(certs.ca_cert)}
+    bouncer = {"DATABASE_URL": PG, "DATABASE_POOLER": "pgbouncer"}
+    cases: list[tuple[str, Any]] = [
+        ("DATABASE_ALIASES=legacy, no LEGACY_DATABASE_URL",
+         {"DATABASE_URL": PG, "DATABASE_ALIASES": "legacy"}),
+        ("DATABASE_ALIASES=Legacy-DB", {"DATABASE_URL": PG, "DATABASE_ALIASES": "Legacy-DB"}),
+        ("DATABASE_URL=postgresql://app:secret@db.internal:5432",
+         {"DATABASE_URL": "postgresql://app:secret@db.internal:5432"}),
+        ("DATABASE_URL=postgresql://app:p@ss:word@db:5432/app",
+         {"DATABASE_URL": "postgresql://app:p@ss:word@db:5432/app"}),
+        ("DATABASE_URL=postgresql://app:secret@db:65536/app",
+         {"DATABASE_URL": "postgresql://app:secret@db:65536/app"}),
+        ("DATABASE_URL=oracle://app:secret@db/app", {"DATABASE_URL": "oracle://app:secret@db/app"}),
+        ("DATABASE_POOL_SIZE=lots", {"DATABASE_URL": PG, "DATABASE_POOL_SIZE": "lots"}),
+        ("DATABASE_POOL_RECYCLE=0", {"DATABASE_URL": PG, "DATABASE_POOL_RECYCLE": "0"}),
+        ("DATABASE_POOLER=proxysql on PostgreSQL",
+         {"DATABASE_URL": PG, "DATABASE_POOLER": "proxysql"}),
+        ("DATABASE_POOLER=pgbouncer with DATABASE_POOL_RESET=session",
+         {**bouncer, "DATABASE_POOL_RESET": "session"}),
+        ("DATABASE_POOLER=pgbouncer with ?prepare_threshold=5 in the URL",
+         {**bouncer, "DATABASE_URL": PG + "?prepare_threshold=5"}),
+        ("DATABASE_POOLER=pgbouncer with ?assume_role=reporting in the URL",
+         {**bouncer, "DATABASE_URL": PG + "?assume_role=reporting"}),
+        ("OPTIONS={'pool': True} (Django 5.1+'s own pool)",
+         {"ENGINE": "multipool.backends.postgresql", "NAME": "app", "OPTIONS": {"pool": True}}),
+        ("DATABASE_SSLMODE=verify", {"DATABASE_URL": PG, "DATABASE_SSLMODE": "verify"}),
+        ("DATABASE_SSLMODE=verify-full without DATABASE_SSLROOTCERT",
+         {"DATABASE_URL": PG, "DATABASE_SSLMODE": "verify-full"}),
+        ("DATABASE_SSLCERT without DATABASE_SSLKEY", {**verify, "DATABASE_SSLCERT": str(cert)}),
+        ("DATABASE_SSL_MIN_VERSION=TLSv1.0",
+         {"DATABASE_URL": PG, "DATABASE_SSL_MIN_VERSION": "TLSv1.0"}),
+        ("DATABASE_SSL_CIPHERS=HIGH on PostgreSQL",
+         {"DATABASE_URL": PG, "DATABASE_SSL_CIPHERS": "HIGH"}),
+        ("DATABASE_SSLMODE=require on SQLite",
+         {"DATABASE_URL": "sqlite:///db.sqlite3", "DATABASE_SSLMODE": "require"}),
+        ("DATABASE_SSLROOTCERT=/etc/ssl/app/missing-ca.pem",
+         {**verify, "DATABASE_SSLROOTCERT": f"{tmp}/missing-ca.pem"}),
+        ("DATABASE_SSLROOTCERT=a DER file", {**verify, "DATABASE_SSLROOTCERT": str(not_pem)}),
+        ("DATABASE_SSLKEY=a key file with mode 0644",
+         {**verify, "DATABASE_SSLCERT": str(cert), "DATABASE_SSLKEY": str(loose)}),
+        ("DATABASE_SSLKEY=another certificate's key",
+         {**verify, "DATABASE_SSLCERT": str(cert), "DATABASE_SSLKEY": str(certs.server_key)}),
+        ("DATABASE_SSLCERT=an expired certificate",
+         {**verify, "DATABASE_SSLROOTCERT": str(tmp / "old-ca.crt"),
+          "DATABASE_SSLCERT": str(tmp / "expired.crt"),
+          "DATABASE_SSLKEY": str(tmp / "expired.key")}),
+    ]
+    out = []
+    for label, source in cases:
+        exc = _settings_error(source) if "ENGINE" in source else _env_error(source)
+        out.append((label, f"{type(exc).__name__}: {exc}".replace(str(tmp), EXAMPLE_DIR)))
+    out.append(("REPORTS_DATABASE_POOL_SIZE=1, MAX_OVERFLOW=0, POOL_TIMEOUT=0.2, two threads",
+                f"PoolTimeout: {_pool_timeout()}"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def examples(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, str]]:
+    return error_examples(tmp_path_factory.mktemp("tls"))
+
+
+def test_troubleshooting_covers_every_error_class(examples: list[tuple[str, str]]) -> None:
+    text = TROUBLESHOOTING.read_text()
+    raised = {message.split(":", 1)[0] for _, message in examples}
+    for name in errors.__all__:
+        assert re.search(rf"^#+ .*`{name}`", text, re.M), f"no heading for {name}"
+        if name != "MultipoolError":  # the base class is never raised itself
+            assert name in raised, f"no example of {name}"
+
+
+def test_troubleshooting_examples_are_current(examples: list[tuple[str, str]]) -> None:
+    """Each example's message, produced now, is in the page word for word."""
+    text = TROUBLESHOOTING.read_text()
+    stale = [f"{label}:\n  {message}" for label, message in examples if message not in text]
+    assert not stale, (
+        "docs/troubleshooting.md is out of date; the messages are now:\n" + "\n".join(stale)
+    )
+
+
+if __name__ == "__main__":  # print the examples (to update docs/troubleshooting.md)
+    import tempfile
+
+    import django
+    from django.conf import settings
+
+    from tests.conftest import _TMP
+
+    settings.configure(
+        DATABASES={"default": {"ENGINE": "multipool.backends.sqlite3",
+                               "NAME": str(_TMP / "default.sqlite3")}},
+        INSTALLED_APPS=["multipool"], USE_TZ=True,
+    )
+    django.setup()
+    with tempfile.TemporaryDirectory() as directory:
+        for label, message in error_examples(Path(directory)):
+            print(f"{label}\n    {message}\n")
