@@ -107,6 +107,7 @@ _POOL_FIELDS: Mapping[str, tuple[str, str]] = {
     "pool_recycle": ("recycle", "recycle"),
     "pool_pre_ping": ("pre_ping", "bool"),
     "pool_ping_idle": ("ping_idle", "seconds"),
+    "pool_overflow_idle": ("overflow_idle", "seconds"),
     "pool_lifo": ("lifo", "bool"),
     "pool_reset": ("reset", "reset"),
     "pooler": ("pooler", "pooler"),
@@ -149,6 +150,7 @@ class PoolSpec:
     recycle: float | None = None  # seconds; None = never
     pre_ping: bool = False  # ping on every checkout
     ping_idle: float = 30.0  # ping connections idle longer than this many seconds
+    overflow_idle: float = 30.0  # close a surplus connection idle this long; 0 = on return
     lifo: bool = True
     reset: str = "transaction"  # "transaction" | "session" (see POOL_RESETS)
     pooler: str | None = None  # None | "pgbouncer" | "proxysql"
@@ -422,7 +424,8 @@ ENV_KEYS: tuple[EnvKey, ...] = (
         "max_overflow",
         "integer ≥ 0",
         "`5`",
-        "Extra connections opened above `POOL_SIZE` under load, closed when returned.",
+        "Extra connections opened above `POOL_SIZE` under load; closed once idle for "
+        "`POOL_OVERFLOW_IDLE` seconds.",
     ),
     EnvKey(
         "POOL_TIMEOUT",
@@ -452,6 +455,15 @@ ENV_KEYS: tuple[EnvKey, ...] = (
         _SECONDS,
         "`30`",
         "Ping connections that were idle longer than this when they are checked out.",
+    ),
+    EnvKey(
+        "POOL_OVERFLOW_IDLE",
+        "pool_overflow_idle",
+        _SECONDS,
+        "`30`",
+        "Keep connections opened above `POOL_SIZE` while they are reused; close one once it "
+        "has sat idle this long. `0`: close them as soon as they are returned (SQLAlchemy's "
+        "behaviour), which under sustained load reopens them, a TLS handshake each time.",
     ),
     EnvKey(
         "POOL_LIFO",

@@ -169,6 +169,9 @@ class _FairGate:
     A *parked* lease was given back by a thread that will likely want it
     again: it keeps its slot, and its thread takes it back with
     :meth:`unpark`; anyone who finds no free slot takes it instead of waiting.
+    A surplus connection (above ``pool_size``) that nobody wants right now
+    is parked the same way, with no owner, until it is wanted or it has sat
+    idle long enough to be closed (:meth:`reap`).
     """
 
     __slots__ = ("_free", "_lock", "_parked", "_waiters")
@@ -232,6 +235,17 @@ class _FairGate:
         with self._lock:
             return self._parked.pop(id(lease), None) is not None
 
+    def reap(self, expired: Callable[[Any], bool]) -> Any:
+        """Take the lease parked the longest if ``expired(lease)``, else ``None``."""
+        with self._lock:
+            if not self._parked:
+                return None
+            key, lease = next(iter(self._parked.items()))
+            if not expired(lease):
+                return None
+            del self._parked[key]
+            return lease
+
     def unpark_all(self) -> list[Any]:
         with self._lock:
             parked = list(self._parked.values())
@@ -272,6 +286,7 @@ class AliasPool:
         self._fileno = fileno
         self._pre_ping = bool(pool.pre_ping)
         self._ping_idle = float(pool.ping_idle)
+        self._overflow_idle = float(pool.overflow_idle)
         self._max_attempts = pool.size + pool.max_overflow + 1
         self._suspect_before = float("-inf")
         self._local = threading.local()
@@ -434,7 +449,14 @@ class AliasPool:
                     return self._gate.park(lease)
                 if self._gate.hand_over(lease):
                     return False  # a waiter has it now, with its slot
+                if self._overflow_idle > 0 and self._would_close(lease):
+                    # A surplus connection: keep it (and its slot) for whoever
+                    # needs one next instead of closing it now and opening
+                    # another, TLS handshake and all, at the next burst.
+                    self._gate.park(lease)
+                    return False
                 lease._checkin(transaction_was_reset=True)
+                self._reap()
             else:
                 lease.info[CHECKED_IN_AT] = time.monotonic()
                 lease._checkin(transaction_was_reset=True)
@@ -442,6 +464,29 @@ class AliasPool:
         if slot is not None:
             slot()  # frees the slot once; a no-op if already freed
         return False
+
+    def _would_close(self, lease: PoolProxiedConnection) -> bool:
+        """Whether giving ``lease`` back to the ``QueuePool`` now would close it
+        (an overflow connection returned to a full pool)."""
+        pool = self._pool
+        return pool.overflow() > 0 and pool.checkedin() >= pool.size()
+
+    def _reap(self) -> None:
+        """Close one surplus connection if it sat parked ``overflow_idle`` seconds.
+
+        Runs on checkin, so a pool that goes quiet keeps its surplus until
+        the next request; never more than ``pool_size + max_overflow``.
+        """
+        if self._pool.overflow() <= 0 or not self._gate.parked():
+            return
+        cutoff = time.monotonic() - self._overflow_idle
+        lease = self._gate.reap(lambda parked: parked.info.get(CHECKED_IN_AT, 0.0) <= cutoff)
+        if lease is None:
+            return
+        lease._checkin(transaction_was_reset=True)  # closed by the QueuePool if it is full
+        slot = getattr(lease, "_multipool_slot", None)
+        if slot is not None:
+            slot()
 
     def unpark(self, lease: PoolProxiedConnection) -> bool:
         """Take back a lease parked by :meth:`checkin`: ``False`` if another

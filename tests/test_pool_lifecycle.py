@@ -291,6 +291,75 @@ def test_releasing_a_connection_unblocks_a_waiter(make_alias):
     assert stats(conn).waits >= 1
 
 
+class Holder:
+    """A thread that checks out a connection of ``alias`` and holds it until released."""
+
+    def __init__(self, alias: str) -> None:
+        self.alias = alias
+        self.holding = threading.Event()
+        self.release = threading.Event()
+        self.thread = threading.Thread(target=self._run)
+        self.thread.start()
+        assert self.holding.wait(10)
+
+    def _run(self) -> None:
+        from django.db import connections
+
+        c = connections[self.alias]
+        c.ensure_connection()
+        self.holding.set()
+        self.release.wait(30)
+        c.close()
+        connections.close_all()
+
+    def give_back(self) -> None:
+        self.release.set()
+        self.thread.join(10)
+
+
+def burst(conn) -> None:
+    """Two connections at once: the pool's one plus one overflow."""
+    holder = Holder(conn.alias)
+    conn.ensure_connection()
+    holder.give_back()  # back to the pool's queue, which then is full
+    conn.close()  # an overflow connection given back to a full pool
+
+
+def overflow_ids(server, baseline: set[int]) -> set[int]:
+    return server.connection_ids(user="app", database=server.database) - baseline
+
+
+def test_overflow_connections_are_reused_then_closed_once_idle(server, make_alias):
+    baseline = server.connection_ids(user="app", database=server.database)
+    conn = make_alias(POOL_SIZE="1", MAX_OVERFLOW="1", POOL_OVERFLOW_IDLE="0.5")
+    burst(conn)
+    first = overflow_ids(server, baseline)
+    assert len(first) == 2, "the surplus connection stays open while it may be reused"
+    for _ in range(5):
+        burst(conn)
+    st = stats(conn)
+    assert st.connects == 2, "bursts above pool_size reuse the kept connection"
+    assert overflow_ids(server, baseline) == first
+    assert st.open == 2 and st.checked_out == 0
+    time.sleep(0.6)  # the surplus connection now sat idle past POOL_OVERFLOW_IDLE
+    request_cycle(conn)  # a checkin closes it
+    assert stats(conn).open == 1
+    deadline = time.monotonic() + 5
+    while len(overflow_ids(server, baseline)) > 1 and time.monotonic() < deadline:
+        time.sleep(0.05)  # the server drops a closed connection asynchronously
+    left = overflow_ids(server, baseline)
+    assert len(left) == 1 and left < first
+
+
+def test_overflow_idle_zero_closes_overflow_on_return(server, make_alias):
+    conn = make_alias(POOL_SIZE="1", MAX_OVERFLOW="1", POOL_OVERFLOW_IDLE="0")
+    for _ in range(3):
+        burst(conn)
+    st = stats(conn)
+    assert st.open == 1
+    assert st.connects == 4, "SQLAlchemy's behaviour: each burst opens a new overflow connection"
+
+
 def test_threads_share_one_pool(server, make_alias):
     conn = make_alias(POOL_SIZE="4", MAX_OVERFLOW="0")
     alias = conn.alias
