@@ -48,6 +48,8 @@ CHECKED_IN_AT = "multipool.checked_in_at"
 #: key in a physical connection's ``info`` dict: when it was first lent
 #: (SQLAlchemy clears ``info`` when it reconnects a record).
 FIRST_LENT_AT = "multipool.first_lent_at"
+#: key in a physical connection's ``info`` dict: its socket's file descriptor.
+SOCKET_FD = "multipool.socket_fd"
 
 Connector = Callable[[], Any]
 Pinger = Callable[[Any], None]
@@ -69,13 +71,17 @@ def _libc_poll() -> Any:
         poll = ctypes.PyDLL(None).poll
     except (OSError, AttributeError):  # pragma: no cover - no libc poll (Windows)
         return None
-    poll.argtypes = [ctypes.POINTER(_PollFd), ctypes.c_ulong, ctypes.c_int]
+    poll.argtypes = [ctypes.c_void_p, ctypes.c_ulong, ctypes.c_int]
     poll.restype = ctypes.c_int
     return poll
 
 
 _POLL = _libc_poll()
 _POLL_EVENTS = getattr(select, "POLLIN", 1) | getattr(select, "POLLPRI", 2)
+# One pollfd for every call: the call holds the GIL from filling it in to
+# reading the result, so no other thread can use it meanwhile.
+_POLL_FD = _PollFd(-1, _POLL_EVENTS, 0)
+_POLL_FD_ADDRESS = ctypes.addressof(_POLL_FD)
 
 
 def socket_readable(fd: int) -> bool:
@@ -89,8 +95,8 @@ def socket_readable(fd: int) -> bool:
     if fd < 0:
         return True
     if _POLL is not None:
-        entry = _PollFd(fd, _POLL_EVENTS, 0)
-        return bool(_POLL(ctypes.byref(entry), 1, 0) != 0)  # -1: let the ping decide
+        _POLL_FD.fd = fd
+        return bool(_POLL(_POLL_FD_ADDRESS, 1, 0) != 0)  # -1: let the ping decide
     if hasattr(select, "poll"):  # pragma: no cover - libc poll always found on POSIX
         poller = select.poll()
         poller.register(fd, _POLL_EVENTS)
@@ -287,6 +293,10 @@ class AliasPool:
         self._pre_ping = bool(pool.pre_ping)
         self._ping_idle = float(pool.ping_idle)
         self._overflow_idle = float(pool.overflow_idle)
+        #: whether a backend may keep a connection attached to its wrapper between
+        #: requests (parked): not when the session must be reset, nor behind a
+        #: pooler whose server session may change between transactions
+        self.holds_between_requests = pool.pooler is None and pool.reset == "transaction"
         self._max_attempts = pool.size + pool.max_overflow + 1
         self._suspect_before = float("-inf")
         self._local = threading.local()
@@ -388,7 +398,7 @@ class AliasPool:
             self._pre_ping
             or last_used <= self._suspect_before
             or time.monotonic() - last_used > self._ping_idle
-            or self._socket_readable(lease.dbapi_connection)
+            or self._socket_readable(lease)
         ):
             return True
         self._counters.pings += 1
@@ -407,13 +417,19 @@ class AliasPool:
             return False
         return True
 
-    def _socket_readable(self, connection: Any) -> bool:
+    def _socket_readable(self, lease: PoolProxiedConnection) -> bool:
         if self._fileno is None:
             return False
-        try:
-            return socket_readable(self._fileno(connection))
-        except (OSError, ValueError):
-            return True  # no usable socket: let the ping decide
+        info = lease.info
+        fd = info.get(SOCKET_FD)
+        if fd is None:
+            # A connection keeps its socket for life; ``info`` is cleared
+            # when the pool closes or replaces the connection.
+            try:
+                fd = info[SOCKET_FD] = self._fileno(lease.dbapi_connection)
+            except (OSError, ValueError):
+                return True  # no usable socket: let the ping decide
+        return socket_readable(fd)
 
     def checkin(
         self,

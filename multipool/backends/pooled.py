@@ -17,8 +17,15 @@ Per-connection setup:
   (``init_once``): PostgreSQL's are local checks with no round trip (the time
   zone is compared against the connection's own parameter status), MySQL's
   session ``SET``\\ s run once per physical connection.
-* ``connection_created`` fires on every checkout (every logical connection),
-  as with stock Django.
+* ``connection_created`` fires whenever Django connects the wrapper: on a
+  checkout, not when a thread goes on with the connection it kept.
+
+The request boundary: with ``CONN_MAX_AGE=0`` Django closes every connection
+at ``request_finished``. A pooled wrapper in a clean state gives its
+connection back to the pool there and stays attached to it
+(:meth:`PooledWrapperMixin.close_if_unusable_or_obsolete`); the ``connection``
+attribute takes it back on first use, or finds it gone to another thread and
+leaves the wrapper closed, so Django connects again.
 """
 
 from __future__ import annotations
@@ -49,6 +56,9 @@ _MISSING = object()
 #: key in a physical connection's ``info``: Django's session setup has run on it.
 SETUP_DONE = "multipool.setup_done"
 
+#: what :meth:`PooledWrapperMixin.release_state` says of a connection
+IDLE, IN_TRANSACTION, BROKEN = 0, 1, 2
+
 
 @functools.cache
 def _own_option_keys(vendor: str) -> frozenset[str]:
@@ -69,7 +79,6 @@ class PooledWrapperMixin:
     if TYPE_CHECKING:
         alias: str
         settings_dict: dict[str, Any]
-        connection: Any
         errors_occurred: bool
         in_atomic_block: bool
         needs_rollback: bool
@@ -88,7 +97,48 @@ class PooledWrapperMixin:
     _lease_pool: AliasPool | None = None
     _connect_spec: DatabaseSpec | None = None
     _spec_cache: tuple[tuple[Any, ...], DatabaseSpec] | None = None
+    # Given back by close(): the wrapper is closed; ensure_connection() takes it back.
     _parked: tuple[PoolProxiedConnection, AliasPool] | None = None
+    # Given back at the end of a request while the wrapper stays connected:
+    # the first use of ``connection`` takes it back (see close_if_unusable_or_obsolete).
+    _held: tuple[PoolProxiedConnection, AliasPool] | None = None
+    _dbapi: Any = None
+
+    # -- the DB-API connection -------------------------------------------------------
+    @property
+    def connection(self) -> Any:
+        """Django's ``connection.connection``: the DB-API connection, or ``None``.
+
+        Between two requests the pool may lend this wrapper's connection to
+        another thread; reading the attribute takes it back first (or, if it
+        is gone, leaves the wrapper closed), so no code path can reach a
+        connection that another thread uses.
+        """
+        if self._held is not None:
+            self._take_back()
+        return self._dbapi
+
+    @connection.setter
+    def connection(self, value: Any) -> None:
+        self._held = None
+        self._dbapi = value
+
+    def _take_back(self) -> None:
+        held, self._held = self._held, None
+        if held is None:  # pragma: no cover - checked by the caller
+            return
+        lease, pool = held
+        if pool.unpark(lease):
+            return
+        # Another thread took it, or it failed the health check: closed.
+        self._lease = self._lease_pool = None
+        self._dbapi = None
+
+    def in_use(self) -> bool:
+        """Whether this wrapper holds a connection for the current request:
+        ``False`` when it has none, or when its connection is only kept
+        for it between requests (without taking it back)."""
+        return self._held is None and self._dbapi is not None
 
     # -- configuration -----------------------------------------------------------
     def multipool_spec(self) -> DatabaseSpec:
@@ -218,7 +268,85 @@ class PooledWrapperMixin:
         if lease is not None:
             lease.info[SETUP_DONE] = True
 
+    # -- the request boundary ----------------------------------------------------------
+    def close_if_unusable_or_obsolete(self) -> None:
+        """Django's hook at ``request_started`` and ``request_finished``.
+
+        With ``CONN_MAX_AGE=0`` stock Django closes the connection here, and
+        the next request connects again: parameters, checkout, session setup,
+        ``connection_created``. A pooled wrapper in a clean state (no
+        transaction, autocommit as configured, no error) instead gives its
+        connection back to the pool *and keeps it*: if no other thread takes
+        it meanwhile, the next request of this thread goes on with it for
+        the cost of a lock, as with a persistent connection. A wrapper in any
+        other state is closed as Django would close it.
+        """
+        if self._held is not None:
+            return  # given back at the end of the last request; nothing to check
+        lease, pool, connection = self._lease, self._lease_pool, self._dbapi
+        settings = self.settings_dict
+        if (
+            lease is None
+            or pool is None
+            or connection is None
+            or not pool.holds_between_requests
+            or settings["CONN_MAX_AGE"] != 0
+            or self.in_atomic_block
+            or self.errors_occurred
+            or self.needs_rollback
+            # Django's get_autocommit() minus ensure_connection(): connected here
+            or self.autocommit != settings["AUTOCOMMIT"]
+        ):
+            super().close_if_unusable_or_obsolete()  # type: ignore[misc]
+            return
+        state = self.release_state(connection)
+        if state == BROKEN:
+            super().close_if_unusable_or_obsolete()  # type: ignore[misc]
+            return
+        if state == IN_TRANSACTION:
+            try:
+                connection.rollback()
+            except Exception:
+                logger.info(
+                    "multipool: alias %r: rollback on return failed; discarding", self.alias
+                )
+                self.close()
+                return
+        self.restore_session(connection)
+        self.run_on_commit = []
+        if pool.checkin(lease, reset=False, park=True):
+            self._held = (lease, pool)
+        else:
+            # A waiting thread has it now: the wrapper is closed.
+            self._lease = self._lease_pool = None
+            self._dbapi = None
+
+    def release_state(self, connection: Any) -> int:
+        """Hook: the state of the connection at the end of a request, as cheaply
+        as the driver can tell: ``IDLE``, ``IN_TRANSACTION`` or ``BROKEN``."""
+        if self.connection_is_broken(connection):
+            return BROKEN
+        return IN_TRANSACTION if self.transaction_may_be_open(connection) else IDLE
+
+    def restore_session(self, connection: Any) -> None:
+        """Hook: undo session changes user code may have made, without a round
+        trip unless one is needed (at the end of a request the wrapper stays
+        connected through, see :meth:`close_if_unusable_or_obsolete`)."""
+
     # -- checkin -----------------------------------------------------------------
+    @async_unsafe
+    def close(self) -> None:
+        if self._held is not None:
+            # Given back at the end of the last request, in a clean state:
+            # close the wrapper without taking the connection back first.
+            self.validate_thread_sharing()  # type: ignore[attr-defined]
+            self.run_on_commit = []
+            self._parked, self._held = self._held, None
+            self._lease = self._lease_pool = None
+            self._dbapi = None
+            return
+        super().close()  # type: ignore[misc]
+
     def _close(self) -> None:
         lease, pool = self._lease, self._lease_pool
         if lease is None or pool is None:
@@ -291,6 +419,7 @@ def abandon_inherited_connections() -> None:
     for conn in connections.all(initialized_only=True):
         # A parked connection stays with the parent's pool.
         conn._parked = None  # type: ignore[attr-defined]
+        conn._held = None  # type: ignore[attr-defined]
         lease = getattr(conn, "_lease", None)
         if lease is None:
             continue

@@ -11,10 +11,10 @@ from django.db import DEFAULT_DB_ALIAS
 from django.db.backends.base.base import NO_DB_ALIAS
 from django.db.backends.postgresql import base as django_postgresql
 from django.db.backends.postgresql.creation import DatabaseCreation as _DjangoCreation
-from django.db.backends.postgresql.psycopg_any import IsolationLevel
+from django.db.backends.postgresql.psycopg_any import IsolationLevel, is_psycopg3
 
 from multipool.backends.creation import PooledCreationMixin
-from multipool.backends.pooled import PooledWrapperMixin
+from multipool.backends.pooled import BROKEN, IDLE, IN_TRANSACTION, PooledWrapperMixin
 from multipool.pools import manager
 
 # libpq's PQtransactionStatus: 0 idle, 1 active, 2 in transaction, 3 in error, 4 unknown (bad).
@@ -58,6 +58,36 @@ class DatabaseWrapper(PooledWrapperMixin, django_postgresql.DatabaseWrapper):
         self.isolation_level = (
             IsolationLevel.READ_COMMITTED if value is None else IsolationLevel(value)
         )
+
+    def release_state(self, connection: Any) -> int:
+        # One libpq call: PQtransactionStatus is UNKNOWN on a closed or broken connection.
+        if is_psycopg3:
+            status = connection.pgconn.transaction_status
+        elif connection.closed:
+            return BROKEN
+        else:
+            status = connection.get_transaction_status()
+        if status == _IDLE:
+            return IDLE
+        return BROKEN if status == _UNKNOWN else IN_TRANSACTION
+
+    def restore_session(self, connection: Any) -> None:
+        # The time zone check of Django's session setup, read straight from
+        # libpq's parameter status; Django's own setup (a SET) runs only if
+        # user code changed the time zone during the request.
+        expected = self.timezone_name
+        if not expected:
+            return
+        if is_psycopg3:
+            current = connection.pgconn.parameter_status(b"TimeZone")
+            if current is not None and current.decode() == expected:
+                return
+        elif connection.get_parameter_status("TimeZone") == expected:
+            return
+        configure = getattr(self, "_configure_timezone", None)  # Django 5.0+
+        changed = configure(connection) if configure is not None else self.ensure_timezone()
+        if changed and not self.get_autocommit():
+            connection.commit()
 
     def connection_is_broken(self, connection: Any) -> bool:
         if connection.closed or getattr(connection, "broken", False):
