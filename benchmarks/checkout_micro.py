@@ -22,6 +22,10 @@ each engine (TLS off: user ``plain``, so that a ping costs a plain round trip):
   for context Django's native pool (PostgreSQL), django-db-connection-pool
   (its defaults: ``pre_ping=True``) and stock Django opening a new connection
   each time;
+* ``request boundary`` -- ``ensure_connection()`` (a request's first
+  query) then ``close_if_unusable_or_obsolete()`` (what ``request_finished``
+  calls): multipool takes its parked connection back and parks it again;
+  persistent connections only check; the other pools connect and close;
 * ``request, 1 thread`` -- a whole request as :mod:`benchmarks.request_cycle`
   drives it (``request_started``, ``SELECT 1`` through ``connections[alias]``,
   ``request_finished``) for every configuration, stock persistent connections
@@ -157,7 +161,7 @@ def build_databases(servers: Mapping[str, Any], tls_variant: str) -> dict[str, d
             # sharing a pool of one would take each other's (parked) connection
             aliases = [f"{engine}_{suffix}", f"{engine}_{suffix}_direct"]
             if suffix == "mp":
-                aliases.append(f"{engine}_mp_request")
+                aliases += [f"{engine}_mp_request", f"{engine}_mp_boundary"]
             for alias in aliases:
                 databases[alias] = multipool_entry(
                     server, user=user, tls=tls, database=database, POOL_SIZE=1, **env
@@ -252,6 +256,25 @@ def build_cases(servers: Mapping[str, Any]) -> list[Case]:
 
             cases.append(Case(
                 engine, "Django cycle", label, cycle, slow=suffix == "conn_per_request",
+                cleanup=lambda alias=alias: connections[alias].close(),
+            ))
+
+        boundary = [
+            ("stock Django, CONN_MAX_AGE=None", "persistent"),
+            ("multipool", "mp_boundary"),
+            *others,
+        ]
+        for label, suffix in boundary:
+            alias = f"{engine}_{suffix}"
+
+            def boundary_op(alias: str = alias) -> None:
+                conn = connections[alias]
+                conn.ensure_connection()  # a request's first query
+                conn.close_if_unusable_or_obsolete()  # request_finished
+
+            cases.append(Case(
+                engine, "request boundary", label, boundary_op,
+                slow=suffix == "conn_per_request",
                 cleanup=lambda alias=alias: connections[alias].close(),
             ))
 
@@ -358,7 +381,7 @@ def run(
         pool_container.dispose()
         manager.dispose()
     # reference of each row: the bare QueuePool for pools and Django cycles,
-    # a request on a persistent connection for requests
+    # a persistent connection for requests and request boundaries
     reference: dict[tuple[str, str], float | None] = {}
     for c in cases:
         if c.group == "sqlalchemy QueuePool" and c.name == "reset_on_return=None":
@@ -369,7 +392,9 @@ def run(
                 "Django cycle",
             ):
                 reference[(c.engine, group)] = median(c.samples)
-        if c.group == "request, 1 thread" and c.name.endswith("CONN_MAX_AGE=None"):
+        if c.group in ("request, 1 thread", "request boundary") and c.name.endswith(
+            "CONN_MAX_AGE=None"
+        ):
             reference[(c.engine, c.group)] = median(c.samples)
     rows = []
     for c in cases:

@@ -165,8 +165,13 @@ def test_checkout_micro_smoke(postgres_server: Any) -> None:
     assert ("Django cycle", "multipool, pre_ping") in cases
     assert ("Django cycle", "Django native pool") in cases
     assert ("sqlalchemy QueuePool", "reset_on_return=None") in cases
+    assert ("request boundary", "multipool") in cases
     assert all(r["median_us"] > 0 and r["best_us"] > 0 for r in rows)
     counters = results["pool_counters"]
     assert counters["postgresql_mp"]["pings"] == 0
     assert counters["postgresql_mp_preping"]["pings"] > 0
     assert counters["postgresql_mp_idle0"]["pings"] > 0
+    # the request boundary keeps its one connection: no reconnect, no checkout
+    boundary = counters["postgresql_mp_boundary"]
+    assert boundary["connects"] == 1
+    assert boundary["checkouts"] >= 40
