@@ -107,6 +107,7 @@ _POOL_FIELDS: Mapping[str, tuple[str, str]] = {
     "pool_recycle": ("recycle", "recycle"),
     "pool_pre_ping": ("pre_ping", "bool"),
     "pool_ping_idle": ("ping_idle", "seconds"),
+    "pool_poll_idle": ("poll_idle", "seconds"),
     "pool_overflow_idle": ("overflow_idle", "seconds"),
     "pool_lifo": ("lifo", "bool"),
     "pool_reset": ("reset", "reset"),
@@ -150,6 +151,7 @@ class PoolSpec:
     recycle: float | None = None  # seconds; None = never
     pre_ping: bool = False  # ping on every checkout
     ping_idle: float = 30.0  # ping connections idle longer than this many seconds
+    poll_idle: float = 0.5  # poll the socket of connections idle at least this long
     overflow_idle: float = 30.0  # close a surplus connection idle this long; 0 = on return
     lifo: bool = True
     reset: str = "transaction"  # "transaction" | "session" (see POOL_RESETS)
@@ -455,6 +457,15 @@ ENV_KEYS: tuple[EnvKey, ...] = (
         _SECONDS,
         "`30`",
         "Ping connections that were idle longer than this when they are checked out.",
+    ),
+    EnvKey(
+        "POOL_POLL_IDLE",
+        "pool_poll_idle",
+        _SECONDS,
+        "`0.5`",
+        "Before lending a connection that sat idle at least this long, check its socket "
+        "(a zero-timeout `poll()`, no round trip) for a close by the server. A connection "
+        "used more recently is lent unchecked, as HikariCP and pgx do; `0`: check every time.",
     ),
     EnvKey(
         "POOL_OVERFLOW_IDLE",

@@ -208,7 +208,8 @@ def test_time_zone_changed_in_a_request_is_restored_for_the_next(make_alias):
 
 
 def test_a_connection_the_server_closed_between_requests_is_replaced(server, make_alias):
-    conn = make_alias(POOL_SIZE="1", MAX_OVERFLOW="0")
+    # POOL_POLL_IDLE=0: the socket is checked however recently it was used
+    conn = make_alias(POOL_SIZE="1", MAX_OVERFLOW="0", POOL_POLL_IDLE="0")
     victim = request_with_id(conn)
     assert server.terminate(user="app", database=server.database) >= 1
     server.wait_for_connection_count(

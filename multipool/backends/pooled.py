@@ -129,6 +129,9 @@ class PooledWrapperMixin:
             return
         lease, pool = held
         if pool.unpark(lease):
+            # Another wrapper of this alias may have used it meanwhile: it
+            # parked it in the same clean state, on the same physical connection.
+            self._dbapi = lease.dbapi_connection
             return
         # Another thread took it, or it failed the health check: closed.
         self._lease = self._lease_pool = None
@@ -199,8 +202,10 @@ class PooledWrapperMixin:
     # -- checkout ----------------------------------------------------------------
     @async_unsafe
     def ensure_connection(self) -> None:
+        if self.connection is not None:
+            return  # Django's ensure_connection() does nothing more when connected
         parked = self._parked
-        if self.connection is None and parked is not None:
+        if parked is not None:
             self._parked = None
             lease, pool = parked
             spec = self.multipool_spec()
@@ -314,7 +319,7 @@ class PooledWrapperMixin:
                 return
         self.restore_session(connection)
         self.run_on_commit = []
-        if pool.checkin(lease, reset=False, park=True):
+        if pool.hold(lease):
             self._held = (lease, pool)
         else:
             # A waiting thread has it now: the wrapper is closed.
