@@ -317,7 +317,12 @@ class PooledWrapperMixin:
                 )
                 self.close()
                 return
-        self.restore_session(connection)
+        try:
+            self.restore_session(connection)
+        except Exception:
+            logger.info("multipool: alias %r: session restore failed; discarding", self.alias)
+            self.close()
+            return
         self.run_on_commit = []
         if pool.hold(lease):
             self._held = (lease, pool)
