@@ -366,6 +366,7 @@ def describe_alias(alias: str, entry: Mapping[str, Any]) -> dict[str, Any]:
                 "recycle": spec.pool.recycle,
                 "pre_ping": spec.pool.pre_ping,
                 "ping_idle": spec.pool.ping_idle,
+                "poll_idle": spec.pool.poll_idle,
                 "overflow_idle": spec.pool.overflow_idle,
                 "lifo": spec.pool.lifo,
                 "pooler": spec.pool.pooler,

@@ -221,6 +221,8 @@ def test_config_shows_every_alias_without_password(cli: Callable[..., Result], s
     assert default["port"] == server.port
     assert default["engine"] == f"multipool.backends.{server.engine.replace('sqlite', 'sqlite3')}"
     assert default["pool"]["size"] == 7
+    assert default["pool"]["poll_idle"] == 0.5
+    assert default["pool"]["overflow_idle"] == 30.0
     assert default["tls"]["mode"] == "verify-full"
     assert default["tls"]["client_cert"] is False
     assert default["replicas"] == ["replica1"]
