@@ -14,6 +14,7 @@ nox.options.reuse_existing_virtualenvs = True
 
 BACKEND_TESTS = [
     "tests/test_pool_lifecycle.py",
+    "tests/test_request_boundary.py",
     "tests/test_env_tls_connect.py",
     "tests/test_django_test_runner.py",
     "tests/test_psycopg2.py",

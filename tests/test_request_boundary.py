@@ -177,6 +177,22 @@ def test_an_open_transaction_is_rolled_back_at_request_end(server, make_alias, i
     ]
 
 
+@pytest.mark.parametrize("server", ["postgresql"], indirect=True)
+def test_an_open_transaction_is_rolled_back_by_close(make_alias, item_model):
+    conn = make_alias(POOL_SIZE="1", MAX_OVERFLOW="0")
+    table = item_model._meta.db_table
+    with conn.cursor() as cursor:
+        cursor.execute("BEGIN")
+        cursor.execute(
+            f"INSERT INTO {table} (name, value, created) "
+            "VALUES ('closed-uncommitted', 0, CURRENT_TIMESTAMP)"
+        )
+    conn.close()  # an explicit close, outside any request
+    assert request_cycle(
+        conn, f"SELECT count(*) FROM {table} WHERE name = 'closed-uncommitted'"
+    ) == [(0,)]
+
+
 def test_work_left_in_a_django_transaction_is_rolled_back(make_alias, item_model):
     from django.core.signals import request_finished, request_started
 

@@ -310,7 +310,7 @@ class PooledWrapperMixin:
             return
         if state == IN_TRANSACTION:
             try:
-                connection.rollback()
+                self.rollback_transaction(connection)
             except Exception:
                 logger.info(
                     "multipool: alias %r: rollback on return failed; discarding", self.alias
@@ -337,6 +337,10 @@ class PooledWrapperMixin:
         if self.connection_is_broken(connection):
             return BROKEN
         return IN_TRANSACTION if self.transaction_may_be_open(connection) else IDLE
+
+    def rollback_transaction(self, connection: Any) -> None:
+        """Hook: roll back the transaction open on the server, however it was opened."""
+        connection.rollback()
 
     def restore_session(self, connection: Any) -> None:
         """Hook: undo session changes user code may have made, without a round
@@ -368,7 +372,7 @@ class PooledWrapperMixin:
             broken = True
         if not broken and self.transaction_may_be_open(connection):
             try:
-                connection.rollback()
+                self.rollback_transaction(connection)
             except Exception:
                 logger.info(
                     "multipool: alias %r: rollback on return failed; discarding", self.alias

@@ -71,6 +71,18 @@ class DatabaseWrapper(PooledWrapperMixin, django_postgresql.DatabaseWrapper):
             return IDLE
         return BROKEN if status == _UNKNOWN else IN_TRANSACTION
 
+    def rollback_transaction(self, connection: Any) -> None:
+        if not is_psycopg3 and connection.autocommit:
+            # psycopg2's rollback() does nothing in autocommit mode, even when
+            # a raw BEGIN opened a transaction on the server.
+            cursor = connection.cursor()
+            try:
+                cursor.execute("ROLLBACK")
+            finally:
+                cursor.close()
+            return
+        connection.rollback()
+
     def restore_session(self, connection: Any) -> None:
         # The time zone check of Django's session setup, read straight from
         # libpq's parameter status; Django's own setup (a SET) runs only if
