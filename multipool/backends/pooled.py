@@ -367,10 +367,14 @@ class PooledWrapperMixin:
             super()._close()  # type: ignore[misc]
             return
         connection = self.connection
-        broken = self.connection_is_broken(connection)
-        if not broken and self.errors_occurred and not self.is_usable():
-            broken = True
-        if not broken and self.transaction_may_be_open(connection):
+        # After an error, is_usable() decides (and its probe may itself open
+        # a transaction, so the state is read after it).
+        if self.errors_occurred and not self.is_usable():
+            state = BROKEN
+        else:
+            state = self.release_state(connection)
+        broken = state == BROKEN
+        if state == IN_TRANSACTION:
             try:
                 self.rollback_transaction(connection)
             except Exception:

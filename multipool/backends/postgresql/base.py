@@ -101,14 +101,6 @@ class DatabaseWrapper(PooledWrapperMixin, django_postgresql.DatabaseWrapper):
         if changed and not self.get_autocommit():
             connection.commit()
 
-    def connection_is_broken(self, connection: Any) -> bool:
-        if connection.closed or getattr(connection, "broken", False):
-            return True
-        return bool(connection.info.transaction_status == _UNKNOWN)
-
-    def transaction_may_be_open(self, connection: Any) -> bool:
-        return bool(connection.info.transaction_status != _IDLE)
-
     def reset_session(self, connection: Any) -> None:
         # DISCARD ALL: RESET ALL, drop temporary tables, release advisory
         # locks, deallocate prepared statements, UNLISTEN *. It refuses to run
