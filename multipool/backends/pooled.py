@@ -308,20 +308,16 @@ class PooledWrapperMixin:
         if state == BROKEN:
             super().close_if_unusable_or_obsolete()  # type: ignore[misc]
             return
-        if state == IN_TRANSACTION:
-            try:
-                self.rollback_transaction(connection)
-            except Exception:
-                logger.info(
-                    "multipool: alias %r: rollback on return failed; discarding", self.alias
-                )
-                self.close()
-                return
         try:
+            if state == IN_TRANSACTION:
+                self.rollback_transaction(connection)
             self.restore_session(connection)
         except Exception:
-            logger.info("multipool: alias %r: session restore failed; discarding", self.alias)
-            self.close()
+            logger.info(
+                "multipool: alias %r: rollback or session restore on return failed; discarding",
+                self.alias,
+            )
+            self.close()  # as Django would: the connection is discarded
             return
         self.run_on_commit = []
         if pool.hold(lease):
