@@ -178,6 +178,14 @@ class _FairGate:
     A surplus connection (above ``pool_size``) that nobody wants right now
     is parked the same way, with no owner, until it is wanted or it has sat
     idle long enough to be closed (:meth:`reap`).
+
+    Parking and taking back -- twice per request in a busy application --
+    take no lock: each is one atomic ``dict`` operation, and whoever pops a
+    lease from ``_parked`` owns it. The lock orders the rest (slots, waiters,
+    taking a lease someone else parked). A lease parked while a thread
+    queues to wait is not stranded: :meth:`park` adds the lease and then
+    looks for waiters, :meth:`acquire` adds its waiter and then looks for
+    parked leases (under the lock), so at least one of them sees the other.
     """
 
     __slots__ = ("_free", "_lock", "_parked", "_waiters")
@@ -199,13 +207,15 @@ class _FairGate:
         with self._lock:
             if not self._waiters:
                 if self._parked and (self._free == 0 or prefer_parked()):
-                    key = next(iter(self._parked))  # parked the longest
-                    return (False, self._parked.pop(key))
+                    lease = self._pop_parked()
+                    if lease is not None:
+                        return (False, lease)
                 if self._free > 0:
                     self._free -= 1
                     return (False, None)
             waiter = _Waiter()
             self._waiters.append(waiter)
+            self._serve_parked()  # a lease parked just before the waiter was queued
         if waiter.baton.acquire(timeout=timeout):
             return (True, waiter.lease)
         with self._lock:
@@ -214,6 +224,30 @@ class _FairGate:
             except ValueError:
                 return (True, waiter.lease)  # served just as the wait timed out
         return None
+
+    def _pop_parked(self) -> Any:
+        """Take the lease parked the longest, or ``None`` (with the lock held;
+        :meth:`unpark` may pop concurrently, without it)."""
+        parked = self._parked
+        while parked:
+            try:
+                key = next(iter(parked))
+            except (StopIteration, RuntimeError):  # changed meanwhile: look again
+                continue
+            lease = parked.pop(key, None)
+            if lease is not None:
+                return lease
+        return None
+
+    def _serve_parked(self) -> None:
+        """Hand parked leases to waiters, longest first (with the lock held)."""
+        while self._waiters:
+            lease = self._pop_parked()
+            if lease is None:
+                return
+            waiter = self._waiters.popleft()
+            waiter.lease = lease
+            waiter.baton.release()
 
     def hand_over(self, lease: Any) -> bool:
         """Give ``lease`` and its slot to the longest waiter, if anyone waits."""
@@ -226,37 +260,44 @@ class _FairGate:
             return True
 
     def park(self, lease: Any) -> bool:
-        """Park ``lease`` (it keeps its slot); ``False``: a waiter took it instead."""
-        with self._lock:
-            if self._waiters:
-                waiter = self._waiters.popleft()
-                waiter.lease = lease
-                waiter.baton.release()
-                return False
-            self._parked[id(lease)] = lease
+        """Park ``lease`` (it keeps its slot); ``False``: a waiter took it at once.
+
+        A parked lease may go to a waiter or another thread at any time
+        until it is taken back: :meth:`unpark` says whether it still was there."""
+        key = id(lease)
+        self._parked[key] = lease
+        if not self._waiters:
             return True
+        with self._lock:
+            self._serve_parked()
+        return self._parked.get(key) is lease
 
     def unpark(self, lease: Any) -> bool:
         """Take a parked lease back; ``False`` if someone else took it meanwhile."""
-        with self._lock:
-            return self._parked.pop(id(lease), None) is not None
+        return self._parked.pop(id(lease), None) is not None
 
     def reap(self, expired: Callable[[Any], bool]) -> Any:
         """Take the lease parked the longest if ``expired(lease)``, else ``None``."""
         with self._lock:
-            if not self._parked:
+            parked = self._parked
+            try:
+                key, lease = next(iter(parked.items()))
+            except (StopIteration, RuntimeError):
                 return None
-            key, lease = next(iter(self._parked.items()))
             if not expired(lease):
                 return None
-            del self._parked[key]
-            return lease
+            taken = parked.pop(key, None)
+            if taken is not None and not expired(taken):
+                parked[key] = taken  # taken back and parked again meanwhile
+                return None
+            return taken
 
     def unpark_all(self) -> list[Any]:
+        leases = []
         with self._lock:
-            parked = list(self._parked.values())
-            self._parked.clear()
-            return parked
+            while (lease := self._pop_parked()) is not None:
+                leases.append(lease)
+        return leases
 
     def parked(self) -> int:
         return len(self._parked)

@@ -154,6 +154,38 @@ def test_two_threads_never_use_one_connection_at_once(make_alias):
     assert st.connects <= 2 and st.checked_out == 0
 
 
+def test_a_connection_parked_while_others_queue_goes_to_them(make_alias):
+    # Parking takes no lock; a thread that queues for the pool's only
+    # connection just as its holder parks it must still be served, not left
+    # waiting for a connection that sits parked (a PoolTimeout here).
+    conn = make_alias(POOL_SIZE="1", MAX_OVERFLOW="0", POOL_TIMEOUT="10")
+    alias = conn.alias
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def worker() -> None:
+        c = connections[alias]
+        try:
+            start.wait()
+            for _ in range(300):
+                request_cycle(c)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    st = stats(conn)
+    assert st.timeouts == 0
+    assert st.waits > 0, "the threads did contend for the connection"
+    assert st.connects == 1 and st.checked_out == 0
+
+
 # mysqlclient does not report the server's transaction state, so on MySQL a raw
 # BEGIN in autocommit mode goes unnoticed: the documented limit (docs/pools.md).
 # Transactions opened through Django's API are covered for both below.

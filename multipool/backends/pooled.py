@@ -65,6 +65,27 @@ def _own_option_keys(vendor: str) -> frozenset[str]:
     return POOL_OPTION_KEYS | frozenset(TLS_OPTION_KEYS.get(vendor, ()))
 
 
+class _HeldConnection:
+    """The ``connection`` attribute of a pooled wrapper between two requests.
+
+    While a wrapper uses its connection, ``connection`` is a plain instance
+    attribute, read as fast as Django's own. At the end of a request the
+    wrapper gives the connection back to the pool but keeps it, and drops the
+    instance attribute: the next read falls through to this (non-data)
+    descriptor, which takes the connection back from the pool -- or, if
+    another thread took it meanwhile, leaves the wrapper closed (``None``),
+    so that Django connects again. No code path, Django's or the user's,
+    can reach a connection that another thread is using.
+    """
+
+    def __get__(self, wrapper: Any, owner: type | None = None) -> Any:
+        if wrapper is None:
+            return self
+        if wrapper._held is not None:
+            return wrapper._take_back()
+        return None
+
+
 class PooledWrapperMixin:
     """Mix into a Django ``DatabaseWrapper`` subclass to lend connections from a pool."""
 
@@ -102,46 +123,38 @@ class PooledWrapperMixin:
     # Given back at the end of a request while the wrapper stays connected:
     # the first use of ``connection`` takes it back (see close_if_unusable_or_obsolete).
     _held: tuple[PoolProxiedConnection, AliasPool] | None = None
-    _dbapi: Any = None
 
     # -- the DB-API connection -------------------------------------------------------
-    @property
-    def connection(self) -> Any:
-        """Django's ``connection.connection``: the DB-API connection, or ``None``.
+    #: Django's ``connection.connection``: the DB-API connection, or ``None``.
+    #: A plain instance attribute while the wrapper uses its connection; between
+    #: requests it is removed and this descriptor answers reads (see _HeldConnection).
+    connection: Any = _HeldConnection()
 
-        Between two requests the pool may lend this wrapper's connection to
-        another thread; reading the attribute takes it back first (or, if it
-        is gone, leaves the wrapper closed), so no code path can reach a
-        connection that another thread uses.
-        """
-        if self._held is not None:
-            self._take_back()
-        return self._dbapi
+    def _hold(self, lease: PoolProxiedConnection, pool: AliasPool) -> None:
+        """Keep ``lease`` (given back to ``pool``) for the next use of ``connection``."""
+        self._held = (lease, pool)
+        self.__dict__.pop("connection", None)
 
-    @connection.setter
-    def connection(self, value: Any) -> None:
-        self._held = None
-        self._dbapi = value
-
-    def _take_back(self) -> None:
+    def _take_back(self) -> Any:
         held, self._held = self._held, None
         if held is None:  # pragma: no cover - checked by the caller
-            return
+            return None
         lease, pool = held
         if pool.unpark(lease):
             # Another wrapper of this alias may have used it meanwhile: it
             # parked it in the same clean state, on the same physical connection.
-            self._dbapi = lease.dbapi_connection
-            return
+            connection = self.connection = lease.dbapi_connection
+            return connection
         # Another thread took it, or it failed the health check: closed.
         self._lease = self._lease_pool = None
-        self._dbapi = None
+        self.connection = None
+        return None
 
     def in_use(self) -> bool:
         """Whether this wrapper holds a connection for the current request:
         ``False`` when it has none, or when its connection is only kept
         for it between requests (without taking it back)."""
-        return self._held is None and self._dbapi is not None
+        return self.__dict__.get("connection") is not None
 
     # -- configuration -----------------------------------------------------------
     def multipool_spec(self) -> DatabaseSpec:
@@ -283,12 +296,13 @@ class PooledWrapperMixin:
         transaction, autocommit as configured, no error) instead gives its
         connection back to the pool *and keeps it*: if no other thread takes
         it meanwhile, the next request of this thread goes on with it for
-        the cost of a lock, as with a persistent connection. A wrapper in any
-        other state is closed as Django would close it.
+        the cost of one dictionary operation, as with a persistent
+        connection. A wrapper in any other state is closed as Django would
+        close it.
         """
         if self._held is not None:
             return  # given back at the end of the last request; nothing to check
-        lease, pool, connection = self._lease, self._lease_pool, self._dbapi
+        lease, pool, connection = self._lease, self._lease_pool, self.connection
         settings = self.settings_dict
         if (
             lease is None
@@ -321,11 +335,11 @@ class PooledWrapperMixin:
             return
         self.run_on_commit = []
         if pool.hold(lease):
-            self._held = (lease, pool)
+            self._hold(lease, pool)
         else:
             # A waiting thread has it now: the wrapper is closed.
             self._lease = self._lease_pool = None
-            self._dbapi = None
+            self.connection = None
 
     def release_state(self, connection: Any) -> int:
         """Hook: the state of the connection at the end of a request, as cheaply
@@ -353,7 +367,7 @@ class PooledWrapperMixin:
             self.run_on_commit = []
             self._parked, self._held = self._held, None
             self._lease = self._lease_pool = None
-            self._dbapi = None
+            self.connection = None
             return
         super().close()  # type: ignore[misc]
 
