@@ -7,6 +7,7 @@ import json
 import math
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -31,6 +32,10 @@ TLS_VARIANTS: dict[str, tuple[str, str]] = {
 CONFIGS: dict[str, str] = {
     "conn_per_request": "stock Django, CONN_MAX_AGE=0 (new connection per request)",
     "persistent": "stock Django, CONN_MAX_AGE=None (persistent connection per thread)",
+    "persistent_control": (
+        "stock Django, CONN_MAX_AGE=None again, in a process of its own: the A/A control "
+        "(its ratio to persistent shows the benchmark's own noise)"
+    ),
     "django_pool": "Django's native pool (psycopg_pool, min_size=max_size=threads)",
     "dj_db_conn_pool": "django-db-connection-pool (pool_size=threads, defaults otherwise)",
     "multipool": "multipool (pool_size=threads, defaults otherwise)",
@@ -43,6 +48,7 @@ ENGINE_CONFIGS: dict[str, tuple[str, ...]] = {
 LABELS: dict[str, str] = {
     "conn_per_request": "Django CONN_MAX_AGE=0",
     "persistent": "Django CONN_MAX_AGE=None",
+    "persistent_control": "Django CONN_MAX_AGE=None (A/A control)",
     "django_pool": "Django native pool",
     "dj_db_conn_pool": "django-db-connection-pool",
     "multipool": "multipool",
@@ -127,6 +133,50 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 def median(values: Iterable[float | None]) -> float | None:
     present = [v for v in values if v is not None]
     return float(statistics.median(present)) if present else None
+
+
+def median_ci(
+    values: Iterable[float | None], *, level: float = 0.95, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float] | None:
+    """A bootstrap confidence interval for the median of ``values`` (percentile
+    method, seeded: the same values always give the same interval)."""
+    present = [v for v in values if v is not None]
+    if len(present) < 2:
+        return None
+    rng = random.Random(seed)
+    n = len(present)
+    medians = sorted(
+        statistics.median(rng.choices(present, k=n)) for _ in range(resamples)
+    )
+    tail = (1 - level) / 2
+    low = medians[int(tail * (resamples - 1))]
+    high = medians[math.ceil((1 - tail) * (resamples - 1))]
+    return float(low), float(high)
+
+
+def balanced_orders(items: Sequence[str], rounds: int) -> list[list[str]]:
+    """The order of ``items`` in each of ``rounds`` rounds: the rows of a
+    Williams design, repeated. Over each full cycle of rows (``len(items)``
+    rows, twice that for an odd count) every item runs in every position
+    equally often and follows every other item equally often, so neither a
+    slot in the round nor what ran just before (a server busy closing 1,000
+    connections, say) favours one configuration."""
+    n = len(items)
+    if n == 0:
+        return [[] for _ in range(rounds)]
+    first: list[int] = []
+    low, high = 0, n - 1
+    for i in range(n):  # 0, n-1, 1, n-2, ...: every difference once
+        if i % 2 == 0:
+            first.append(low)
+            low += 1
+        else:
+            first.append(high)
+            high -= 1
+    rows = [[(x + shift) % n for x in first] for shift in range(n)]
+    if n % 2:
+        rows += [row[::-1] for row in rows]
+    return [[items[i] for i in rows[r % len(rows)]] for r in range(rounds)]
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -345,7 +395,7 @@ def config_entry(
     entry = stock_entry(mp, vendor)
     if config == "conn_per_request":
         entry["CONN_MAX_AGE"] = 0
-    elif config == "persistent":
+    elif config in ("persistent", "persistent_control"):
         entry["CONN_MAX_AGE"] = None
     elif config == "django_pool":
         if vendor != "postgresql":

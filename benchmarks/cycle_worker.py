@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import resource
 import sys
 import threading
 import time
@@ -166,13 +167,21 @@ class Bench:
             lst.clear()
         self._requests = requests
         t0 = time.perf_counter()
+        cpu0 = time.process_time()
+        ru0 = resource.getrusage(resource.RUSAGE_SELF)
         self._start.wait()
         self._end.wait()
         wall = time.perf_counter() - t0
+        cpu1 = time.process_time()
+        ru1 = resource.getrusage(resource.RUSAGE_SELF)
         latencies = [ns for per_thread in self._latencies for ns in per_thread]
         errors = [e for per_thread in self._errors for e in per_thread]
         return {
             "wall_s": wall,
+            # the process's CPU time, every thread, user and system
+            "cpu_s": cpu1 - cpu0,
+            "voluntary_switches": ru1.ru_nvcsw - ru0.ru_nvcsw,
+            "involuntary_switches": ru1.ru_nivcsw - ru0.ru_nivcsw,
             "requests": len(latencies),
             "latencies_us": [round(ns / 1000, 1) for ns in latencies],
             "errors": len(errors),

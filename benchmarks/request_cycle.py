@@ -8,7 +8,8 @@ certificate verified against the test CA), every configuration of
 :data:`benchmarks.common.CONFIGS` runs in its own worker process
 (:mod:`benchmarks.cycle_worker`) with one alias and ``--threads`` threads. The
 configurations take turns: ``--rounds`` rounds, each running every
-configuration once (in a rotated order) for ``--requests`` requests per
+configuration once (in the order of a Williams design, see
+:func:`benchmarks.common.balanced_orders`) for ``--requests`` requests per
 thread (``--slow-requests`` for ``CONN_MAX_AGE=0``, 10-100x slower), so that
 noise from the rest of the machine spreads over all of them. Ratios are taken
 per round, between configurations of the same round, and the median over
@@ -56,6 +57,7 @@ from benchmarks.common import (
     RESULTS_DIR,
     TLS_VARIANTS,
     available_configs,
+    balanced_orders,
     config_entry,
     connections_counter,
     create_bench_database,
@@ -63,6 +65,7 @@ from benchmarks.common import (
     drop_bench_database,
     machine_info,
     median,
+    median_ci,
     open_servers,
     percentile,
     ratio,
@@ -259,6 +262,14 @@ def _summarize_config(
             "samples": sum(run["server_samples"] for run in runs),
         },
         "client_connects": sum(run["client_connects"] for run in runs),
+        # the worker process's CPU time (user + system, all threads) per request
+        "client_cpu_us": rounded(
+            median(
+                run["cpu_s"] / run["requests"] * 1e6
+                for run in runs if run["requests"]
+            ),
+            1,
+        ),
         "client_connects_warmup": warmup.get("client_connects"),
         "pool_stats": final_pool,
     }
@@ -271,9 +282,23 @@ def _ms(us: float | None) -> float | None:
 
 def _round_ratios(
     rounds: list[dict[str, float]], numerator: str, denominator: str
-) -> tuple[float | None, list[float | None]]:
+) -> dict[str, Any]:
+    """The ratio of two configurations' throughput in each round, their median,
+    and a bootstrap 95 % confidence interval of that median."""
     per_round = [ratio(r.get(numerator), r.get(denominator)) for r in rounds]
-    return rounded(median(per_round)), [rounded(x) for x in per_round]
+    ci = median_ci(per_round)
+    return {
+        "median": rounded(median(per_round)),
+        "ci95": None if ci is None else [rounded(ci[0]), rounded(ci[1])],
+        "rounds": [rounded(x) for x in per_round],
+    }
+
+
+def _blocks(rounds: int, processes: int) -> list[range]:
+    """Split ``rounds`` into ``processes`` consecutive blocks, as even as can be."""
+    processes = max(1, min(processes, rounds))
+    bounds = [round(i * rounds / processes) for i in range(processes + 1)]
+    return [range(bounds[i], bounds[i + 1]) for i in range(processes)]
 
 
 def run_group(
@@ -288,9 +313,16 @@ def run_group(
     max_overflow: int,
     slow_requests: int | None = None,
     view_us: float = 0,
+    processes: int = 1,
     log: Any = None,
 ) -> dict[str, Any]:
-    """Every configuration against one server with one TLS variant, interleaved."""
+    """Every configuration against one server with one TLS variant, interleaved.
+
+    The rounds are split into ``processes`` blocks, and every configuration
+    gets a fresh worker process (warmed up again) for each block: two
+    processes running the very same code differ by a few percent (memory
+    layout, hash seed), and one process per configuration would pass that
+    difference off as the configuration's."""
     engine = server.engine
     user, tls = TLS_VARIANTS[tls_variant]
     databases = {c: database_name(c) for c in configs}
@@ -299,100 +331,108 @@ def run_group(
         if log is not None:
             print(f"[{engine}/{tls_variant}] {msg}", file=log, flush=True)
 
-    workers: dict[str, Worker] = {}
+    runs: dict[str, list[dict[str, Any]]] = {c: [] for c in configs}
+    per_round: list[dict[str, float]] = []
+    orders = balanced_orders(configs, rounds)
+    warm: dict[str, dict[str, Any]] = {}
+    opened: dict[str, int] | None = dict.fromkeys(configs, 0)
+    open_after: dict[str, int] = {}
     monitor = PeakMonitor(server)
     try:
-        for config in configs:
-            entry = config_entry(
-                config,
-                server,
-                user=user,
-                tls=tls,
-                database=databases[config],
-                threads=threads,
-                max_overflow=max_overflow,
-            )
-            workers[config] = Worker(config, engine, entry, threads, view_us)
-        for worker in workers.values():
-            worker.ready()
-        warm: dict[str, dict[str, Any]] = {}
-        for config, worker in workers.items():
-            warm[config] = worker.run(warmup)
-            if warm[config]["errors"]:
-                raise WorkerError(
-                    f"{config}: warm-up failed: {warm[config]['error_samples']}"
-                )
-        say(f"warmed up ({warmup} requests/thread each)")
-        baseline = settled_sessions(server, list(databases.values()))
-
-        runs: dict[str, list[dict[str, Any]]] = {c: [] for c in configs}
-        per_round: list[dict[str, float]] = []
-        for r in range(rounds):
-            shift = r % len(configs)
-            order = [*configs[shift:], *configs[:shift]]
-            this_round: dict[str, float] = {}
-            for config in order:
-                before = connections_counter(server)
-                monitor.watch(user, databases[config])
-                n = requests if config not in SLOW or slow_requests is None else slow_requests
-                result = workers[config].run(n)
-                peak, samples = monitor.done()
-                after = connections_counter(server)
-                result["rps"] = result["requests"] / result["wall_s"]
-                result["server_peak"] = peak
-                result["server_samples"] = samples
-                result["server_opened"] = (
-                    after - before if after is not None and before is not None else None
-                )
-                runs[config].append(result)
-                this_round[config] = result["rps"]
-            per_round.append(this_round)
-            say(
-                f"round {r + 1}/{rounds}: "
-                + ", ".join(f"{c} {this_round[c]:.0f}/s" for c in configs)
-            )
-
-        final = settled_sessions(server, list(databases.values()))
-        open_after = {
-            c: server.connection_count(user=user, database=databases[c]) for c in configs
-        }
-        summaries: dict[str, dict[str, Any]] = {}
-        for config in configs:
-            opened = None
-            if baseline is not None and final is not None:
-                db = databases[config]
-                opened = final.get(db, 0) - baseline.get(db, 0)
-            last_pool = runs[config][-1]["pool"] if runs[config] else None
-            summaries[config] = _summarize_config(
-                config,
-                runs[config],
-                threads=threads,
-                max_overflow=max_overflow,
-                sessions_opened=opened,
-                open_after=open_after[config],
-                final_pool=last_pool,
-                warmup=warm[config],
-            )
-            for run in runs[config]:
-                run.pop("latencies_us", None)
+        for block in _blocks(rounds, processes):
+            workers: dict[str, Worker] = {}
+            try:
+                for config in configs:
+                    entry = config_entry(
+                        config,
+                        server,
+                        user=user,
+                        tls=tls,
+                        database=databases[config],
+                        threads=threads,
+                        max_overflow=max_overflow,
+                    )
+                    workers[config] = Worker(config, engine, entry, threads, view_us)
+                for worker in workers.values():
+                    worker.ready()
+                for config, worker in workers.items():
+                    warm[config] = worker.run(warmup)
+                    if warm[config]["errors"]:
+                        raise WorkerError(
+                            f"{config}: warm-up failed: {warm[config]['error_samples']}"
+                        )
+                say(f"{len(workers)} worker processes warmed up ({warmup} requests/thread each)")
+                baseline = settled_sessions(server, list(databases.values()))
+                for r in block:
+                    this_round: dict[str, float] = {}
+                    for config in orders[r]:
+                        before = connections_counter(server)
+                        monitor.watch(user, databases[config])
+                        n = (
+                            requests if config not in SLOW or slow_requests is None
+                            else slow_requests
+                        )
+                        result = workers[config].run(n)
+                        peak, samples = monitor.done()
+                        after = connections_counter(server)
+                        result["rps"] = result["requests"] / result["wall_s"]
+                        result["server_peak"] = peak
+                        result["server_samples"] = samples
+                        result["server_opened"] = (
+                            after - before if after is not None and before is not None
+                            else None
+                        )
+                        result["process"] = workers[config].proc.pid
+                        runs[config].append(result)
+                        this_round[config] = result["rps"]
+                    per_round.append(this_round)
+                    say(
+                        f"round {r + 1}/{rounds}: "
+                        + ", ".join(f"{c} {this_round[c]:.0f}/s" for c in configs)
+                    )
+                final = settled_sessions(server, list(databases.values()))
+                if baseline is None or final is None or opened is None:
+                    opened = None
+                else:
+                    for config in configs:
+                        db = databases[config]
+                        opened[config] += final.get(db, 0) - baseline.get(db, 0)
+                open_after = {
+                    c: server.connection_count(user=user, database=databases[c]) for c in configs
+                }
+            finally:
+                for worker in workers.values():
+                    worker.quit()
+            for db in databases.values():
+                server.wait_for_connection_count(0, user=user, database=db, timeout=10)
     finally:
         monitor.close()
-        for worker in workers.values():
-            worker.quit()
-    for db in databases.values():
-        server.wait_for_connection_count(0, user=user, database=db, timeout=10)
+
+    summaries: dict[str, dict[str, Any]] = {}
+    for config in configs:
+        last_pool = runs[config][-1]["pool"] if runs[config] else None
+        summaries[config] = _summarize_config(
+            config,
+            runs[config],
+            threads=threads,
+            max_overflow=max_overflow,
+            sessions_opened=None if opened is None else opened[config],
+            open_after=open_after.get(config, 0),
+            final_pool=last_pool,
+            warmup=warm.get(config, {}),
+        )
+        for run in runs[config]:
+            run.pop("latencies_us", None)
 
     ratios: dict[str, Any] = {}
     if "multipool" in configs:
         for other in configs:
             if other == "multipool":
                 continue
-            med, each = _round_ratios(per_round, "multipool", other)
-            ratios[f"multipool_vs_{other}"] = {"median": med, "rounds": each}
+            ratios[f"multipool_vs_{other}"] = _round_ratios(per_round, "multipool", other)
     for other in configs:
         if other != "persistent" and "persistent" in configs:
-            med, each = _round_ratios(per_round, other, "persistent")
-            ratios[f"{other}_vs_persistent"] = {"median": med, "rounds": each}
+            ratios[f"{other}_vs_persistent"] = _round_ratios(per_round, other, "persistent")
     return {
         "engine": engine,
         "flavor": server.flavor,
@@ -403,6 +443,8 @@ def run_group(
         "configs": summaries,
         "ratios": ratios,
         "rounds": [{k: rounded(v, 1) for k, v in r.items()} for r in per_round],
+        "orders": orders,
+        "processes_per_config": len(_blocks(rounds, processes)),
         "runs": {c: runs[c] for c in configs},
     }
 
@@ -411,38 +453,35 @@ def check_targets(groups: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Each target of the issue for each group: value, goal, met."""
     checks: list[dict[str, Any]] = []
 
-    def add(group: Mapping[str, Any], name: str, value: float | None, goal: float) -> None:
+    def add(group: Mapping[str, Any], name: str, key: str, goal: float) -> None:
+        entry = group["ratios"].get(key) or {}
+        value = entry.get("median")
         checks.append({
             "engine": group["engine"],
             "tls": group["tls"],
             "target": name,
             "value": value,
+            "ci95": entry.get("ci95"),
             "goal": goal,
             "met": None if value is None else value >= goal,
         })
 
     for group in groups:
-        ratios = group["ratios"]
         configs = group["configs"]
-
-        def med(key: str, ratios: Mapping[str, Any] = ratios) -> float | None:
-            entry = ratios.get(key)
-            return entry["median"] if entry else None
-
         if "multipool" not in configs:
             continue
         if "persistent" in configs:
-            add(group, "multipool >= 0.95x persistent", med("multipool_vs_persistent"),
+            add(group, "multipool >= 0.95x persistent", "multipool_vs_persistent",
                 TARGETS["vs_persistent"])
         if "dj_db_conn_pool" in configs:
             add(group, "multipool >= 1.2x django-db-connection-pool",
-                med("multipool_vs_dj_db_conn_pool"), TARGETS["vs_dj_db_conn_pool"])
+                "multipool_vs_dj_db_conn_pool", TARGETS["vs_dj_db_conn_pool"])
         if "django_pool" in configs:
             add(group, "multipool >= 1.0x Django native pool",
-                med("multipool_vs_django_pool"), TARGETS["vs_django_pool"])
+                "multipool_vs_django_pool", TARGETS["vs_django_pool"])
         if "conn_per_request" in configs and group["tls"] != "off":
             add(group, "multipool >= 5x conn-per-request (TLS)",
-                med("multipool_vs_conn_per_request"), TARGETS["vs_conn_per_request_tls"])
+                "multipool_vs_conn_per_request", TARGETS["vs_conn_per_request_tls"])
         conns = configs["multipool"]["server_connections"]
         limit, peak = conns["limit"], conns["peak"]
         checks.append({
@@ -450,6 +489,7 @@ def check_targets(groups: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             "tls": group["tls"],
             "target": "multipool server connections <= pool_size + max_overflow",
             "value": peak,
+            "ci95": None,
             "goal": limit,
             "met": None if peak is None else peak <= limit,
         })
@@ -468,6 +508,7 @@ def run(
     max_overflow: int = 5,
     slow_requests: int | None = 250,
     view_us: float = 0,
+    processes: int = 1,
     cleanup: bool = True,
     log: Any = sys.stderr,
 ) -> dict[str, Any]:
@@ -505,6 +546,7 @@ def run(
                         slow_requests=None if slow_requests is None
                         else min(slow_requests, requests),
                         view_us=view_us,
+                        processes=processes,
                         log=log,
                     )
                 )
@@ -523,6 +565,7 @@ def run(
                 for c in SLOW
             },
             "rounds": rounds,
+            "processes_per_config": max(1, min(processes, rounds)),
             "warmup_per_thread": warmup,
             "pool_size": threads,
             "max_overflow": max_overflow,
@@ -548,17 +591,16 @@ def markdown_table(results: Mapping[str, Any]) -> str:
     """The results as a Markdown table (one row per engine x TLS x configuration)."""
     lines = [
         "| Server | TLS | Configuration | req/s (median) | x persistent | "
-        "multipool x this | p50 ms | p99 ms | server conns opened | peak open | errors |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "x persistent 95% CI | multipool x this | client CPU µs/req | p50 ms | p99 ms | "
+        "server conns opened | peak open | errors |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for group in results["groups"]:
         server = f"{group['flavor']} {group['server_version'].removesuffix('-MariaDB')}"
         ratios = group["ratios"]
         for config, summary in group["configs"].items():
-            vs_persistent = (
-                1.0 if config == "persistent"
-                else (ratios.get(f"{config}_vs_persistent") or {}).get("median")
-            )
+            vs_entry = ratios.get(f"{config}_vs_persistent") or {}
+            vs_persistent = 1.0 if config == "persistent" else vs_entry.get("median")
             mp_vs = (
                 None if config == "multipool"
                 else (ratios.get(f"multipool_vs_{config}") or {}).get("median")
@@ -567,17 +609,22 @@ def markdown_table(results: Mapping[str, Any]) -> str:
             name = f"**{summary['label']}**" if config == "multipool" else summary["label"]
             lines.append(
                 f"| {server} | {group['tls']} | {name} | {_fmt(summary['rps_median'], '.0f')} | "
-                f"{_fmt(vs_persistent)} | {_fmt(mp_vs)} | {_fmt(summary['p50_ms'], '.3f')} | "
+                f"{_fmt(vs_persistent)} | {_fmt_ci(vs_entry.get('ci95'))} | {_fmt(mp_vs)} | "
+                f"{_fmt(summary.get('client_cpu_us'), '.0f')} | {_fmt(summary['p50_ms'], '.3f')} | "
                 f"{_fmt(summary['p99_ms'], '.3f')} | {_fmt(conns['opened'], 'd')} | "
                 f"{_fmt(conns['peak'], 'd')} | {summary['errors']} |"
             )
     return "\n".join(lines)
 
 
+def _fmt_ci(ci: Sequence[float] | None) -> str:
+    return "-" if not ci else f"{ci[0]:.2f} to {ci[1]:.2f}"
+
+
 def targets_table(results: Mapping[str, Any]) -> str:
     lines = [
-        "| Server | TLS | Target | Value | Goal | Met |",
-        "| --- | --- | --- | ---: | ---: | --- |",
+        "| Server | TLS | Target | Value | 95% CI | Goal | Met |",
+        "| --- | --- | --- | ---: | ---: | ---: | --- |",
     ]
     for check in results["targets"]:
         value = check["value"]
@@ -585,7 +632,7 @@ def targets_table(results: Mapping[str, Any]) -> str:
         met = {True: "yes", False: "**no**", None: "-"}[check["met"]]
         lines.append(
             f"| {check['engine']} | {check['tls']} | {check['target']} | {shown} | "
-            f"{check['goal']} | {met} |"
+            f"{_fmt_ci(check.get('ci95'))} | {check['goal']} | {met} |"
         )
     return "\n".join(lines)
 
@@ -598,7 +645,11 @@ def chart(results: Mapping[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     groups = results["groups"]
-    order = [c for c in CONFIGS if any(c in g["configs"] for g in groups)]
+    # the A/A control is a second copy of persistent: the table shows it
+    order = [
+        c for c in CONFIGS
+        if c != "persistent_control" and any(c in g["configs"] for g in groups)
+    ]
     colors = {
         "conn_per_request": "#b0b0b0",
         "persistent": "#4c72b0",
@@ -670,6 +721,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--rounds", type=int, default=9, help="interleaved rounds (default 9)")
     parser.add_argument(
+        "--processes",
+        type=int,
+        default=3,
+        help="worker processes per configuration, one after another, each for a block "
+        "of rounds (default 3)",
+    )
+    parser.add_argument(
         "--view-us",
         type=float,
         default=0,
@@ -711,6 +769,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_overflow=args.max_overflow,
             slow_requests=args.slow_requests,
             view_us=args.view_us,
+            processes=args.processes,
         )
     json_path = write_json(args.out / f"{args.name}.json", results)
     table = markdown_table(results)

@@ -54,6 +54,7 @@ def test_request_cycle_smoke(bench_server: Any) -> None:
         requests=REQUESTS,
         rounds=ROUNDS,
         warmup=2,
+        processes=2,
         log=None,
     )
     json.loads(json.dumps(results))  # JSON-ready
@@ -87,9 +88,20 @@ def test_request_cycle_smoke(bench_server: Any) -> None:
                 assert 1 <= conns["open_after"] <= THREADS + 5, where
             if conns["limit"] is not None:
                 assert conns["peak"] <= conns["limit"], where
+            assert summary["client_cpu_us"] > 0, where
+        assert len(group["orders"]) == ROUNDS
+        # a fresh worker process per configuration for each block of rounds
+        for config, config_runs in group["runs"].items():
+            assert len({run["process"] for run in config_runs}) == 2, config
+        assert all(sorted(order) == sorted(group["configs"]) for order in group["orders"])
+        control = group["ratios"]["persistent_control_vs_persistent"]
+        assert control["median"] > 0
+        low, high = control["ci95"]
+        assert low <= control["median"] <= high
         pool = group["configs"]["multipool"]["pool_stats"]
         assert pool["pool_size"] == THREADS
-        assert pool["checkouts"] >= per_config
+        # the last worker process's pool: its block of rounds (ROUNDS / 2)
+        assert pool["checkouts"] >= THREADS * REQUESTS * ROUNDS // 2
         assert 1 <= pool["connects"] <= THREADS
         for other in group["configs"]:
             if other != "multipool":
@@ -104,6 +116,41 @@ def test_request_cycle_smoke(bench_server: Any) -> None:
     # the workers are gone and the bench databases dropped
     for config in available_configs(engine):
         assert bench_server.connection_count(database=database_name(config)) == 0
+
+
+@pytest.mark.parametrize("count", [2, 3, 5, 6])
+def test_round_orders_balance_positions_and_predecessors(count: int) -> None:
+    from collections import Counter
+    from itertools import pairwise
+
+    from benchmarks.common import balanced_orders
+
+    items = [f"c{i}" for i in range(count)]
+    cycle = count if count % 2 == 0 else 2 * count
+    orders = balanced_orders(items, 2 * cycle)
+    assert orders[:cycle] == orders[cycle:]  # the design repeats
+    rows = orders[:cycle]
+    assert all(sorted(row) == items for row in rows)
+    # every configuration runs in every slot, and right after every other
+    # one, equally often: no configuration always follows the heavy one
+    positions = Counter((item, row.index(item)) for row in rows for item in row)
+    assert len(positions) == count * count and len(set(positions.values())) == 1
+    follows = Counter(pair for row in rows for pair in pairwise(row))
+    assert len(follows) == count * (count - 1) and len(set(follows.values())) == 1
+
+
+def test_median_confidence_interval_brackets_the_median() -> None:
+    from statistics import median
+
+    from benchmarks.common import median_ci
+
+    values = [0.91, 0.97, 1.02, 0.99, 0.95, 1.04, 0.98, 1.0, 0.96]
+    low, high = median_ci(values)
+    assert min(values) <= low <= median(values) <= high <= max(values)
+    assert median_ci(values) == (low, high)  # seeded: reproducible
+    narrow = median_ci([1.0 + (i % 3 - 1) * 0.001 for i in range(30)])
+    assert narrow[1] - narrow[0] < high - low
+    assert median_ci([1.0]) is None
 
 
 def test_request_cycle_chart(tmp_path: Any) -> None:
