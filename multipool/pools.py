@@ -173,8 +173,9 @@ class _FairGate:
     without passing through the pool's queue; a freed slot does the same.
 
     A *parked* lease was given back by a thread that will likely want it
-    again: it keeps its slot, and its thread takes it back with
-    :meth:`unpark`; anyone who finds no free slot takes it instead of waiting.
+    again: it keeps its slot, and its thread takes it back by popping it from
+    ``_parked`` (:meth:`AliasPool.unpark`); anyone who finds no free slot
+    takes it instead of waiting.
     A surplus connection (above ``pool_size``) that nobody wants right now
     is parked the same way, with no owner, until it is wanted or it has sat
     idle long enough to be closed (:meth:`reap`).
@@ -227,7 +228,7 @@ class _FairGate:
 
     def _pop_parked(self) -> Any:
         """Take the lease parked the longest, or ``None`` (with the lock held;
-        :meth:`unpark` may pop concurrently, without it)."""
+        :meth:`AliasPool.unpark` may pop concurrently, without it)."""
         parked = self._parked
         while parked:
             try:
@@ -263,7 +264,7 @@ class _FairGate:
         """Park ``lease`` (it keeps its slot); ``False``: a waiter took it at once.
 
         A parked lease may go to a waiter or another thread at any time
-        until it is taken back: :meth:`unpark` says whether it still was there."""
+        until it is taken back: :meth:`AliasPool.unpark` says whether it still was there."""
         key = id(lease)
         self._parked[key] = lease
         if not self._waiters:
@@ -271,10 +272,6 @@ class _FairGate:
         with self._lock:
             self._serve_parked()
         return self._parked.get(key) is lease
-
-    def unpark(self, lease: Any) -> bool:
-        """Take a parked lease back; ``False`` if someone else took it meanwhile."""
-        return self._parked.pop(id(lease), None) is not None
 
     def reap(self, expired: Callable[[Any], bool]) -> Any:
         """Take the lease parked the longest if ``expired(lease)``, else ``None``."""
@@ -340,6 +337,7 @@ class AliasPool:
         # fails a read over to the primary only if it sees a dead connection
         # before the read (see PoolManager.set_replicas).
         self._poll_idle = 0.0 if spec.replica_of is not None else float(pool.poll_idle)
+        self._trust_for = self._trust_window()
         self._recycle = pool.recycle
         self._overflow_idle = float(pool.overflow_idle)
         #: whether a backend may keep a connection attached to its wrapper between
@@ -351,6 +349,9 @@ class AliasPool:
         self._local = threading.local()
         self._counters = _Counters()
         self._gate = _FairGate(pool.size + pool.max_overflow)
+        # The gate's parked leases, popped here directly on the take-back path
+        # (one atomic dict operation, see _FairGate).
+        self._parked = self._gate._parked
         # Every physical connection this pool opened and that is still alive
         # (idle or lent), so a forked child can cut itself off from them.
         self._physical: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -543,6 +544,14 @@ class AliasPool:
     def check_every_reuse(self) -> None:
         """Poll the socket on every reuse, whatever ``poll_idle`` says (replicas)."""
         self._poll_idle = 0.0
+        self._trust_for = self._trust_window()
+
+    def _trust_window(self) -> float:
+        """How recently a connection must have been given back to be lent again
+        with no check at all (see :meth:`_healthy`); negative: never."""
+        if self._pre_ping or self._ping is None:
+            return -1.0
+        return min(self._poll_idle, self._ping_idle)
 
     def _would_close(self, lease: PoolProxiedConnection) -> bool:
         """Whether giving ``lease`` back to the ``QueuePool`` now would close it
@@ -571,9 +580,17 @@ class AliasPool:
         """Take back a lease parked by :meth:`checkin`: ``False`` if another
         thread took it meanwhile or it failed the health check (then it is
         discarded and its slot freed)."""
-        if self.retired or not self._gate.unpark(lease):
+        if self.retired or self._parked.pop(id(lease), None) is None:
             return False
         self._counters.checkouts += 1
+        # The common case, inline: given back a moment ago, before any failure.
+        last_used = lease.info.get(CHECKED_IN_AT)
+        if (
+            last_used is not None
+            and time.monotonic() - last_used < self._trust_for
+            and last_used > self._suspect_before
+        ):
+            return True
         if self._healthy(lease):
             return True
         slot = getattr(lease, "_multipool_slot", None)

@@ -81,8 +81,19 @@ class _HeldConnection:
     def __get__(self, wrapper: Any, owner: type | None = None) -> Any:
         if wrapper is None:
             return self
-        if wrapper._held is not None:
-            return wrapper._take_back()
+        held = wrapper._held
+        if held is None:
+            return None
+        wrapper._held = None
+        lease, pool = held
+        if pool.unpark(lease):
+            # Another wrapper of this alias may have used it meanwhile: it
+            # parked it in the same clean state, on the same physical connection.
+            connection = wrapper.connection = lease.dbapi_connection
+            return connection
+        # Another thread took it, or it failed the health check: closed.
+        wrapper._lease = wrapper._lease_pool = None
+        wrapper.connection = None
         return None
 
 
@@ -129,26 +140,6 @@ class PooledWrapperMixin:
     #: A plain instance attribute while the wrapper uses its connection; between
     #: requests it is removed and this descriptor answers reads (see _HeldConnection).
     connection: Any = _HeldConnection()
-
-    def _hold(self, lease: PoolProxiedConnection, pool: AliasPool) -> None:
-        """Keep ``lease`` (given back to ``pool``) for the next use of ``connection``."""
-        self._held = (lease, pool)
-        self.__dict__.pop("connection", None)
-
-    def _take_back(self) -> Any:
-        held, self._held = self._held, None
-        if held is None:  # pragma: no cover - checked by the caller
-            return None
-        lease, pool = held
-        if pool.unpark(lease):
-            # Another wrapper of this alias may have used it meanwhile: it
-            # parked it in the same clean state, on the same physical connection.
-            connection = self.connection = lease.dbapi_connection
-            return connection
-        # Another thread took it, or it failed the health check: closed.
-        self._lease = self._lease_pool = None
-        self.connection = None
-        return None
 
     def in_use(self) -> bool:
         """Whether this wrapper holds a connection for the current request:
@@ -335,7 +326,9 @@ class PooledWrapperMixin:
             return
         self.run_on_commit = []
         if pool.hold(lease):
-            self._hold(lease, pool)
+            # Kept for the next use of ``connection`` (see _HeldConnection).
+            self._held = (lease, pool)
+            del self.__dict__["connection"]
         else:
             # A waiting thread has it now: the wrapper is closed.
             self._lease = self._lease_pool = None

@@ -11,7 +11,7 @@ from django.db.backends.mysql import base as django_mysql
 from django.db.backends.mysql.creation import DatabaseCreation as _DjangoCreation
 
 from multipool.backends.creation import PooledCreationMixin
-from multipool.backends.pooled import PooledWrapperMixin
+from multipool.backends.pooled import BROKEN, IDLE, IN_TRANSACTION, PooledWrapperMixin
 
 
 class DatabaseCreation(PooledCreationMixin, _DjangoCreation):
@@ -28,6 +28,15 @@ class DatabaseWrapper(PooledWrapperMixin, django_mysql.DatabaseWrapper):
 
     def connection_is_broken(self, connection: Any) -> bool:
         return not connection.open
+
+    def release_state(self, connection: Any) -> int:
+        # mysqlclient does not report the server's transaction state: Django's
+        # own state tells (a raw START TRANSACTION goes unnoticed, docs/pools.md).
+        if not connection.open:
+            return BROKEN
+        if self.in_atomic_block or not self.autocommit or self.needs_rollback:
+            return IN_TRANSACTION
+        return IDLE
 
     def reset_session(self, connection: Any) -> None:
         # COM_CHANGE_USER to the same account: the server resets the session
