@@ -145,7 +145,7 @@ class PooledWrapperMixin:
         """Whether this wrapper holds a connection for the current request:
         ``False`` when it has none, or when its connection is only kept
         for it between requests (without taking it back)."""
-        return self.__dict__.get("connection") is not None
+        return self._held is None and self.connection is not None
 
     # -- configuration -----------------------------------------------------------
     def multipool_spec(self) -> DatabaseSpec:
@@ -328,7 +328,9 @@ class PooledWrapperMixin:
         if pool.hold(lease):
             # Kept for the next use of ``connection`` (see _HeldConnection).
             self._held = (lease, pool)
-            del self.__dict__["connection"]
+            # Removes the instance attribute (no __dict__ access: that would
+            # turn every attribute of the wrapper into a dict lookup).
+            del self.connection
         else:
             # A waiting thread has it now: the wrapper is closed.
             self._lease = self._lease_pool = None
