@@ -10,14 +10,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 from django.db import connections
 
 from tests.conftest import patched_environ, registered_alias
-from tests.test_pool_lifecycle import request_cycle, stats
+from tests.test_pool_lifecycle import in_threads, request_cycle, stats
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,24 +60,12 @@ def test_pooled_requests_through_pgbouncer_over_tls(pgbouncer_server, bouncer_al
         assert cursor.fetchone()[0] is True, "PgBouncer -> server must be TLS"
     conn.close()
 
-    errors: list[BaseException] = []
-
     def worker() -> None:
         c = connections["bounced"]
-        try:
-            for _ in range(100):
-                assert request_cycle(c, "SHOW TIME ZONE") == [("UTC",)]
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            connections.close_all()
+        for _ in range(100):
+            assert request_cycle(c, "SHOW TIME ZONE") == [("UTC",)]
 
-    threads = [threading.Thread(target=worker) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    assert in_threads(6, worker) == []
     st = stats(conn)
     assert st.connects <= 4
     assert st.checked_out == 0

@@ -43,6 +43,30 @@ def stats(conn):
     return manager.stats(conn.alias)[conn.alias]
 
 
+def in_threads(count: int, body, timeout: float = 120) -> list[BaseException]:
+    """Run ``body()`` in ``count`` threads at once, each with Django
+    connections of its own (closed when it ends); the errors they raised."""
+    from django.db import connections
+
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            body()
+        except BaseException as exc:  # pragma: no cover - reported by the caller
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=run) for _ in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    assert not any(t.is_alive() for t in threads), f"threads still running after {timeout}s"
+    return errors
+
+
 def test_request_cycles_reuse_at_most_pool_size_server_connections(server, make_alias):
     conn = make_alias(POOL_SIZE="3", MAX_OVERFLOW="0")
     baseline = server.connection_count(user="app", database=server.database)
@@ -384,25 +408,14 @@ def test_overflow_idle_zero_closes_overflow_on_return(server, make_alias):
 def test_threads_share_one_pool(server, make_alias):
     conn = make_alias(POOL_SIZE="4", MAX_OVERFLOW="0")
     alias = conn.alias
-    errors: list[BaseException] = []
 
     def worker():
         from django.db import connections
 
-        try:
-            for _ in range(50):
-                request_cycle(connections[alias])
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-        finally:
-            connections.close_all()
+        for _ in range(50):
+            request_cycle(connections[alias])
 
-    threads = [threading.Thread(target=worker) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    assert in_threads(8, worker) == []
     st = stats(conn)
     assert st.checkouts >= 400
     assert st.connects <= 4

@@ -18,7 +18,7 @@ import threading
 import pytest
 from django.db import connections
 
-from tests.test_pool_lifecycle import backend_id, request_cycle, stats
+from tests.test_pool_lifecycle import backend_id, in_threads, request_cycle, stats
 
 
 class Worker:
@@ -121,35 +121,24 @@ def test_two_threads_never_use_one_connection_at_once(make_alias):
     lock = threading.Lock()
     in_use: set[int] = set()
     clashes: list[int] = []
-    errors: list[BaseException] = []
 
     def worker() -> None:
         from django.core.signals import request_finished, request_started
 
         c = connections[alias]
-        try:
-            for _ in range(200):
-                request_started.send(sender=None)
-                session = backend_id(c)
-                with lock:
-                    if session in in_use:
-                        clashes.append(session)
-                    in_use.add(session)
-                backend_id(c)  # a second query on the same connection
-                with lock:
-                    in_use.discard(session)
-                request_finished.send(sender=None)
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-        finally:
-            connections.close_all()
+        for _ in range(200):
+            request_started.send(sender=None)
+            session = backend_id(c)
+            with lock:
+                if session in in_use:
+                    clashes.append(session)
+                in_use.add(session)
+            backend_id(c)  # a second query on the same connection
+            with lock:
+                in_use.discard(session)
+            request_finished.send(sender=None)
 
-    threads = [threading.Thread(target=worker) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert errors == [] and clashes == []
+    assert in_threads(6, worker) == [] and clashes == []
     st = stats(conn)
     assert st.connects <= 2 and st.checked_out == 0
 
@@ -160,26 +149,15 @@ def test_a_connection_parked_while_others_queue_goes_to_them(make_alias):
     # waiting for a connection that sits parked (a PoolTimeout here).
     conn = make_alias(POOL_SIZE="1", MAX_OVERFLOW="0", POOL_TIMEOUT="10")
     alias = conn.alias
-    errors: list[BaseException] = []
     start = threading.Barrier(4)
 
     def worker() -> None:
         c = connections[alias]
-        try:
-            start.wait()
-            for _ in range(300):
-                request_cycle(c)
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-        finally:
-            connections.close_all()
+        start.wait()
+        for _ in range(300):
+            request_cycle(c)
 
-    threads = [threading.Thread(target=worker) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert errors == []
+    assert in_threads(4, worker) == []
     st = stats(conn)
     assert st.timeouts == 0
     assert st.waits > 0, "the threads did contend for the connection"
