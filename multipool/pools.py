@@ -337,7 +337,6 @@ class AliasPool:
         # fails a read over to the primary only if it sees a dead connection
         # before the read (see PoolManager.set_replicas).
         self._poll_idle = 0.0 if spec.replica_of is not None else float(pool.poll_idle)
-        self._trust_for = self._trust_window()
         self._recycle = pool.recycle
         self._overflow_idle = float(pool.overflow_idle)
         #: whether a backend may keep a connection attached to its wrapper between
@@ -544,14 +543,6 @@ class AliasPool:
     def check_every_reuse(self) -> None:
         """Poll the socket on every reuse, whatever ``poll_idle`` says (replicas)."""
         self._poll_idle = 0.0
-        self._trust_for = self._trust_window()
-
-    def _trust_window(self) -> float:
-        """How recently a connection must have been given back to be lent again
-        with no check at all (see :meth:`_healthy`); negative: never."""
-        if self._pre_ping or self._ping is None:
-            return -1.0
-        return min(self._poll_idle, self._ping_idle)
 
     def _would_close(self, lease: PoolProxiedConnection) -> bool:
         """Whether giving ``lease`` back to the ``QueuePool`` now would close it
@@ -583,14 +574,6 @@ class AliasPool:
         if self.retired or self._parked.pop(id(lease), None) is None:
             return False
         self._counters.checkouts += 1
-        # The common case, inline: given back a moment ago, before any failure.
-        last_used = lease.info.get(CHECKED_IN_AT)
-        if (
-            last_used is not None
-            and time.monotonic() - last_used < self._trust_for
-            and last_used > self._suspect_before
-        ):
-            return True
         if self._healthy(lease):
             return True
         slot = getattr(lease, "_multipool_slot", None)
