@@ -267,3 +267,31 @@ def test_explicit_close_between_requests_needs_no_checkout(make_alias):
     assert conn.connection is None
     assert stats(conn).checkouts == checkouts
     assert request_with_id(conn) == session
+
+
+def test_between_requests_the_wrapper_reads_closed_until_it_needs_its_connection(make_alias):
+    conn = make_alias(POOL_SIZE="2", MAX_OVERFLOW="0")
+    session = request_with_id(conn)
+    # As with stock Django at CONN_MAX_AGE=0: no connection between requests...
+    assert conn.connection is None
+    assert not conn.in_use()
+    # ...until something needs one: it is the kept one, taken back, not a new checkout.
+    assert conn.is_usable()
+    assert conn.in_use()
+    assert backend_id(conn) == session
+    assert stats(conn).connects == 1
+
+
+def test_connect_called_directly_between_requests_reuses_the_kept_connection(make_alias):
+    from django.core.signals import request_finished
+
+    conn = make_alias(POOL_SIZE="2", MAX_OVERFLOW="0")
+    session = request_with_id(conn)
+    conn.connect()
+    assert backend_id(conn) == session
+    assert stats(conn).connects == 1
+    request_finished.send(sender=None)
+    # given back at the end of the request, as usual: nothing is left checked out
+    assert not conn.in_use()
+    assert stats(conn).checked_out == 0
+    assert request_with_id(conn) == session

@@ -22,10 +22,14 @@ Per-connection setup:
 
 The request boundary: with ``CONN_MAX_AGE=0`` Django closes every connection
 at ``request_finished``. A pooled wrapper in a clean state gives its
-connection back to the pool there and stays attached to it
-(:meth:`PooledWrapperMixin.close_if_unusable_or_obsolete`); the ``connection``
-attribute takes it back on first use, or finds it gone to another thread and
-leaves the wrapper closed, so Django connects again.
+connection back to the pool there but keeps a claim on it
+(:meth:`PooledWrapperMixin.close_if_unusable_or_obsolete`). Between requests
+``connection.connection`` is ``None``, as with stock Django; the next
+``ensure_connection()`` (any query, any ``cursor()``) takes the connection
+back, or finds it gone to another thread and connects as Django would.
+``connection`` stays a plain instance attribute: Django reads it a dozen
+times per request, and a class-level descriptor would keep CPython from
+specializing any of those reads.
 """
 
 from __future__ import annotations
@@ -65,38 +69,6 @@ def _own_option_keys(vendor: str) -> frozenset[str]:
     return POOL_OPTION_KEYS | frozenset(TLS_OPTION_KEYS.get(vendor, ()))
 
 
-class _HeldConnection:
-    """The ``connection`` attribute of a pooled wrapper between two requests.
-
-    While a wrapper uses its connection, ``connection`` is a plain instance
-    attribute, read as fast as Django's own. At the end of a request the
-    wrapper gives the connection back to the pool but keeps it, and drops the
-    instance attribute: the next read falls through to this (non-data)
-    descriptor, which takes the connection back from the pool -- or, if
-    another thread took it meanwhile, leaves the wrapper closed (``None``),
-    so that Django connects again. No code path, Django's or the user's,
-    can reach a connection that another thread is using.
-    """
-
-    def __get__(self, wrapper: Any, owner: type | None = None) -> Any:
-        if wrapper is None:
-            return self
-        held = wrapper._held
-        if held is None:
-            return None
-        wrapper._held = None
-        lease, pool = held
-        if pool.unpark(lease):
-            # Another wrapper of this alias may have used it meanwhile: it
-            # parked it in the same clean state, on the same physical connection.
-            connection = wrapper.connection = lease.dbapi_connection
-            return connection
-        # Another thread took it, or it failed the health check: closed.
-        wrapper._lease = wrapper._lease_pool = None
-        wrapper.connection = None
-        return None
-
-
 class PooledWrapperMixin:
     """Mix into a Django ``DatabaseWrapper`` subclass to lend connections from a pool."""
 
@@ -123,7 +95,7 @@ class PooledWrapperMixin:
         health_check_enabled: bool
         health_check_done: bool
 
-        def is_usable(self) -> bool: ...
+        connection: Any
 
     _lease: PoolProxiedConnection | None = None
     _lease_pool: AliasPool | None = None
@@ -131,21 +103,16 @@ class PooledWrapperMixin:
     _spec_cache: tuple[tuple[Any, ...], DatabaseSpec] | None = None
     # Given back by close(): the wrapper is closed; ensure_connection() takes it back.
     _parked: tuple[PoolProxiedConnection, AliasPool] | None = None
-    # Given back at the end of a request while the wrapper stays connected:
-    # the first use of ``connection`` takes it back (see close_if_unusable_or_obsolete).
+    # Given back at the end of a request; the wrapper keeps its state (and
+    # ``_lease``) but not ``connection``: ensure_connection() takes it back
+    # (see close_if_unusable_or_obsolete).
     _held: tuple[PoolProxiedConnection, AliasPool] | None = None
-
-    # -- the DB-API connection -------------------------------------------------------
-    #: Django's ``connection.connection``: the DB-API connection, or ``None``.
-    #: A plain instance attribute while the wrapper uses its connection; between
-    #: requests it is removed and this descriptor answers reads (see _HeldConnection).
-    connection: Any = _HeldConnection()
 
     def in_use(self) -> bool:
         """Whether this wrapper holds a connection for the current request:
         ``False`` when it has none, or when its connection is only kept
         for it between requests (without taking it back)."""
-        return self._held is None and self.connection is not None
+        return self.connection is not None
 
     # -- configuration -----------------------------------------------------------
     def multipool_spec(self) -> DatabaseSpec:
@@ -208,6 +175,19 @@ class PooledWrapperMixin:
     def ensure_connection(self) -> None:
         if self.connection is not None:
             return  # Django's ensure_connection() does nothing more when connected
+        held = self._held
+        if held is not None:
+            # Given back at the end of the last request, in a clean state.
+            self._held = None
+            lease, pool = held
+            if pool.unpark(lease):
+                # Another wrapper of this alias may have used it meanwhile: it
+                # gave it back in the same clean state, on the same physical
+                # connection. Django's state on this wrapper is as it was left.
+                self.connection = lease.dbapi_connection
+                return
+            # Another thread took it, or it failed the health check: connect.
+            self._lease = self._lease_pool = None
         parked = self._parked
         if parked is not None:
             self._parked = None
@@ -246,13 +226,30 @@ class PooledWrapperMixin:
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
         spec, self._connect_spec = self._connect_spec, None
         pool = self._pool_for_checkout(spec or self.multipool_spec())
+        kept = self._take_back_kept()
+        if kept is not None and kept[1] is not pool:
+            kept[1].checkin(kept[0], reset=False)  # the settings moved on
+            kept = None
         if pool is None:
             return self.connect_physical(conn_params)
-        lease = pool.checkout(lambda: self.connect_physical(conn_params))
+        if kept is not None:
+            lease = kept[0]
+        else:
+            lease = pool.checkout(lambda: self.connect_physical(conn_params))
         self._lease = lease
         self._lease_pool = pool
         self.prepare_checkout(lease.dbapi_connection)
         return lease.dbapi_connection
+
+    def _take_back_kept(self) -> tuple[PoolProxiedConnection, AliasPool] | None:
+        """The connection kept for this wrapper (held or parked), taken back,
+        or ``None``: ``connect()`` called directly reuses it instead of
+        leaving it parked for no one."""
+        kept = self._held or self._parked
+        self._held = self._parked = None
+        if kept is not None and kept[1].unpark(kept[0]):
+            return kept
+        return None
 
     def connect_physical(self, conn_params: dict[str, Any]) -> Any:
         """Open a new physical connection: Django's own ``get_new_connection``."""
@@ -326,15 +323,13 @@ class PooledWrapperMixin:
             return
         self.run_on_commit = []
         if pool.hold(lease):
-            # Kept for the next use of ``connection`` (see _HeldConnection).
+            # Kept for this wrapper's next ensure_connection(), unless another
+            # thread needs it first.
             self._held = (lease, pool)
-            # Removes the instance attribute (no __dict__ access: that would
-            # turn every attribute of the wrapper into a dict lookup).
-            del self.connection
         else:
             # A waiting thread has it now: the wrapper is closed.
             self._lease = self._lease_pool = None
-            self.connection = None
+        self.connection = None
 
     def release_state(self, connection: Any) -> int:
         """Hook: the state of the connection at the end of a request, as cheaply
@@ -403,6 +398,11 @@ class PooledWrapperMixin:
             # Kept for this wrapper's next request, unless another thread
             # needs a connection first (see ensure_connection).
             self._parked = (lease, pool)
+
+    def is_usable(self) -> bool:
+        if self.connection is None and self._held is not None:
+            self.ensure_connection()  # between requests: check the kept connection
+        return bool(super().is_usable())  # type: ignore[misc]
 
     def connection_is_broken(self, connection: Any) -> bool:
         """Hook: the driver already knows this connection is closed or unusable."""
