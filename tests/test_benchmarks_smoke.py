@@ -222,3 +222,27 @@ def test_checkout_micro_smoke(postgres_server: Any) -> None:
     boundary = counters["postgresql_mp_boundary"]
     assert boundary["connects"] == 1
     assert boundary["checkouts"] >= 40
+
+
+def test_instructions_smoke(mysql_server: Any) -> None:
+    """Instructions per request under callgrind: a few requests, both configurations
+    the report compares; the counts are positive and of a request's size."""
+    from benchmarks import instructions
+
+    if not instructions.callgrind_available():
+        reason = "the instruction-count benchmark needs valgrind (apt-get install valgrind)"
+        if in_ci():
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    results = instructions.run(
+        {"mysql": mysql_server}, tls_variants=("off",), requests=(2, 4), seeds=1, log=None
+    )
+    json.loads(json.dumps(results))  # JSON-ready
+    (group,) = results["groups"]
+    assert list(group["configs"]) == ["persistent", "multipool"]
+    for config, summary in group["configs"].items():
+        # a primary-key lookup through Django costs some 10^5 instructions,
+        # not a handful (counts mixed up) and not 10^8 (start-up not cancelled)
+        assert 10_000 < summary["mean"] < 10_000_000, (config, summary)
+    assert group["configs"]["persistent"]["x_persistent"] == 1.0
+    assert instructions.markdown_table(results).count("\n") == 3
