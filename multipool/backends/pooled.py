@@ -246,10 +246,11 @@ class PooledWrapperMixin:
         or ``None``: ``connect()`` called directly reuses it instead of
         leaving it parked for no one."""
         kept = self._held or self._parked
+        if kept is None:
+            return None
         self._held = self._parked = None
-        if kept is not None and kept[1].unpark(kept[0]):
-            return kept
-        return None
+        self._lease = self._lease_pool = None  # until get_new_connection() sets them
+        return kept if kept[1].unpark(kept[0]) else None
 
     def connect_physical(self, conn_params: dict[str, Any]) -> Any:
         """Open a new physical connection: Django's own ``get_new_connection``."""
