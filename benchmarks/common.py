@@ -189,6 +189,40 @@ def rounded(value: float | None, digits: int = 3) -> float | None:
     return None if value is None else round(value, digits)
 
 
+def configure_django(entry: Mapping[str, Any]) -> None:
+    """Set up Django in a worker process with one alias, ``default``: ``entry``."""
+    import django
+    from django.conf import settings
+
+    settings.configure(
+        DEBUG=False,
+        SECRET_KEY="multipool-benchmark",
+        USE_TZ=True,
+        TIME_ZONE="UTC",
+        DATABASES={"default": dict(entry)},
+        INSTALLED_APPS=[],
+    )
+    django.setup()
+
+
+def parse_selection(
+    parser: Any, engines: str, tls: str, configs: str | None
+) -> tuple[list[str], list[str], list[str] | None]:
+    """The ``--engines``, ``--tls`` and ``--configs`` options as lists; an
+    unknown name is a usage error (``parser.error``)."""
+    chosen = (
+        [e for e in engines.split(",") if e],
+        [t for t in tls.split(",") if t],
+        [c for c in configs.split(",") if c] if configs else None,
+    )
+    kinds = ((ENGINES, "engine"), (TLS_VARIANTS, "TLS variant"), (CONFIGS, "configuration"))
+    for value, (known, what) in zip(chosen, kinds, strict=True):
+        unknown = [v for v in value or () if v not in known]
+        if unknown:
+            parser.error(f"unknown {what}: {', '.join(unknown)}")
+    return chosen
+
+
 def write_json(path: Path, data: Mapping[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")

@@ -33,7 +33,7 @@ import time
 import traceback
 from typing import Any
 
-from benchmarks.common import BENCH_ROWS, BENCH_TABLE
+from benchmarks.common import BENCH_ROWS, BENCH_TABLE, configure_django
 
 SQL = f"SELECT name FROM {BENCH_TABLE} WHERE id = %s"
 
@@ -238,18 +238,7 @@ def main() -> int:
     counter = ConnectCounter()
     counter.install(setup["vendor"])
 
-    import django
-    from django.conf import settings
-
-    settings.configure(
-        DEBUG=False,
-        SECRET_KEY="multipool-benchmark",
-        USE_TZ=True,
-        TIME_ZONE="UTC",
-        DATABASES={"default": setup["entry"]},
-        INSTALLED_APPS=[],
-    )
-    django.setup()
+    configure_django(setup["entry"])
     bench = Bench(int(setup["threads"]), float(setup.get("view_us", 0)))
     answer({"ready": True, "pid": os.getpid()})
 

@@ -47,11 +47,13 @@ from benchmarks.common import (
     TLS_VARIANTS,
     available_configs,
     config_entry,
+    configure_django,
     create_bench_database,
     database_name,
     drop_bench_database,
     machine_info,
     open_servers,
+    parse_selection,
     server_info,
     write_json,
 )
@@ -244,18 +246,7 @@ def worker_main() -> int:
     from benchmarks.cycle_worker import Bench, close_pools
 
     setup = json.loads(sys.stdin.readline())
-    import django
-    from django.conf import settings
-
-    settings.configure(
-        DEBUG=False,
-        SECRET_KEY="multipool-benchmark",
-        USE_TZ=True,
-        TIME_ZONE="UTC",
-        DATABASES={"default": setup["entry"]},
-        INSTALLED_APPS=[],
-    )
-    django.setup()
+    configure_django(setup["entry"])
     bench = Bench(int(setup["threads"]))
     for requests in (int(setup["warmup"]), int(setup["requests"])):
         result = bench.run(requests)
@@ -297,17 +288,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         low, high = (int(n) for n in args.requests.split(","))
     except ValueError:
         parser.error(f"--requests takes two counts, like 300,900, not {args.requests!r}")
-    engines = [e for e in args.engines.split(",") if e]
-    tls_variants = [t for t in args.tls.split(",") if t]
-    configs = [c for c in args.configs.split(",") if c]
-    for value, known, what in (
-        (engines, ENGINES, "engine"),
-        (tls_variants, TLS_VARIANTS, "TLS variant"),
-        (configs, CONFIGS, "configuration"),
-    ):
-        unknown = [v for v in value if v not in known]
-        if unknown:
-            parser.error(f"unknown {what}: {', '.join(unknown)}")
+    engines, tls_variants, selected = parse_selection(
+        parser, args.engines, args.tls, args.configs
+    )
+    configs = selected or list(DEFAULT_CONFIGS)
     with open_servers(engines, postgres_url=args.postgres_url, mysql_url=args.mysql_url) as servers:
         results = run(
             servers,

@@ -67,6 +67,7 @@ from benchmarks.common import (
     median,
     median_ci,
     open_servers,
+    parse_selection,
     percentile,
     ratio,
     rounded,
@@ -745,18 +746,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-chart", action="store_true")
     args = parser.parse_args(argv)
 
-    engines = [e for e in args.engines.split(",") if e]
-    tls_variants = [t for t in args.tls.split(",") if t]
-    configs = [c for c in args.configs.split(",") if c] if args.configs else None
-    for value, known, what in (
-        (engines, ENGINES, "engine"),
-        (tls_variants, TLS_VARIANTS, "TLS variant"),
-        (configs or [], CONFIGS, "configuration"),
-    ):
-        unknown = [v for v in value if v not in known]
-        if unknown:
-            parser.error(f"unknown {what}: {', '.join(unknown)}")
-
+    engines, tls_variants, configs = parse_selection(parser, args.engines, args.tls, args.configs)
     with open_servers(engines, postgres_url=args.postgres_url, mysql_url=args.mysql_url) as servers:
         results = run(
             servers,
