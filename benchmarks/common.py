@@ -11,7 +11,7 @@ import random
 import statistics
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -215,7 +215,11 @@ def parse_selection(
         [t for t in tls.split(",") if t],
         [c for c in configs.split(",") if c] if configs else None,
     )
-    kinds = ((ENGINES, "engine"), (TLS_VARIANTS, "TLS variant"), (CONFIGS, "configuration"))
+    kinds: tuple[tuple[Container[str], str], ...] = (
+        (ENGINES, "engine"),
+        (TLS_VARIANTS, "TLS variant"),
+        (CONFIGS, "configuration"),
+    )
     for value, (known, what) in zip(chosen, kinds, strict=True):
         unknown = [v for v in value or () if v not in known]
         if unknown:
