@@ -691,9 +691,8 @@ class PrimaryReplicaRouter:
 
     @staticmethod
     def _holds_connection(alias: str) -> bool:
-        conn = connections[alias]
-        in_use = getattr(conn, "in_use", None)  # a pooled wrapper: without taking back
-        return bool(in_use()) if in_use is not None else conn.connection is not None
+        # A pooled wrapper's connection kept between requests reads as None.
+        return connections[alias].connection is not None
 
     def _usable(self, alias: str, cfg: RouterSettings, *, lag_claimed: bool) -> bool:
         """Make sure this thread holds a working connection to ``alias``; check its lag."""

@@ -75,7 +75,7 @@ def test_request_cycles_reuse_at_most_pool_size_server_connections(server, make_
         request_cycle(conn)
         if i % 100 == 0:
             seen_max = max(seen_max, server.connection_count(user="app", database=server.database))
-    assert not conn.in_use(), "request_finished must give the connection back"
+    assert conn.connection is None, "request_finished must give the connection back"
     assert stats(conn).checked_out == 0
     assert seen_max - baseline <= 3
     st = stats(conn)

@@ -92,7 +92,7 @@ def request_with_id(conn) -> int:
 def test_a_thread_keeps_its_connection_across_requests(make_alias):
     conn = make_alias(POOL_SIZE="2", MAX_OVERFLOW="0")
     first = request_with_id(conn)
-    assert not conn.in_use()
+    assert conn.connection is None
     assert stats(conn).checked_out == 0, "between requests the connection is back in the pool"
     for _ in range(20):
         assert request_with_id(conn) == first
@@ -274,10 +274,9 @@ def test_between_requests_the_wrapper_reads_closed_until_it_needs_its_connection
     session = request_with_id(conn)
     # As with stock Django at CONN_MAX_AGE=0: no connection between requests...
     assert conn.connection is None
-    assert not conn.in_use()
     # ...until something needs one: it is the kept one, taken back, not a new checkout.
     assert conn.is_usable()
-    assert conn.in_use()
+    assert conn.connection is not None
     assert backend_id(conn) == session
     assert stats(conn).connects == 1
 
@@ -292,6 +291,6 @@ def test_connect_called_directly_between_requests_reuses_the_kept_connection(mak
     assert stats(conn).connects == 1
     request_finished.send(sender=None)
     # given back at the end of the request, as usual: nothing is left checked out
-    assert not conn.in_use()
+    assert conn.connection is None
     assert stats(conn).checked_out == 0
     assert request_with_id(conn) == session

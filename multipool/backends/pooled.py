@@ -108,12 +108,6 @@ class PooledWrapperMixin:
     # (see close_if_unusable_or_obsolete).
     _held: tuple[PoolProxiedConnection, AliasPool] | None = None
 
-    def in_use(self) -> bool:
-        """Whether this wrapper holds a connection for the current request:
-        ``False`` when it has none, or when its connection is only kept
-        for it between requests (without taking it back)."""
-        return self.connection is not None
-
     # -- configuration -----------------------------------------------------------
     def multipool_spec(self) -> DatabaseSpec:
         """The normalized spec of this alias's current settings.
