@@ -59,13 +59,14 @@ from benchmarks.common import (
     TLS_VARIANTS,
     available_configs,
     config_entry,
+    configure_django,
     machine_info,
     median,
     multipool_entry,
     open_servers,
     rounded,
     server_info,
-    write_json,
+    write_report,
 )
 
 #: multipool variants: alias suffix -> (label, environment keys)
@@ -349,19 +350,8 @@ def run(
 
     Configures Django settings: run it in a process of its own.
     """
-    import django
-    from django.conf import settings
-
     databases = build_databases(servers, tls_variant)
-    settings.configure(
-        DEBUG=False,
-        SECRET_KEY="multipool-benchmark",
-        USE_TZ=True,
-        TIME_ZONE="UTC",
-        DATABASES={"default": {"ENGINE": "django.db.backends.dummy"}, **databases},
-        INSTALLED_APPS=[],
-    )
-    django.setup()
+    configure_django({"default": {"ENGINE": "django.db.backends.dummy"}, **databases})
     from django.db import connections
 
     cases = build_cases(servers)
@@ -454,11 +444,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     engines = [e for e in args.engines.split(",") if e]
     with open_servers(engines, postgres_url=args.postgres_url, mysql_url=args.mysql_url) as servers:
         results = run(servers, number=args.number, repeat=args.repeat, tls_variant=args.tls)
-    path = write_json(args.out / f"{args.name}.json", results)
-    table = markdown_table(results)
-    (args.out / f"{args.name}.md").write_text(table + "\n")
-    print(table)
-    print(f"\nresults: {path}", file=sys.stderr)
+    write_report(args.out, args.name, results, markdown_table(results))
     return 0
 
 

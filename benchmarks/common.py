@@ -189,8 +189,8 @@ def rounded(value: float | None, digits: int = 3) -> float | None:
     return None if value is None else round(value, digits)
 
 
-def configure_django(entry: Mapping[str, Any]) -> None:
-    """Set up Django in a worker process with one alias, ``default``: ``entry``."""
+def configure_django(databases: Mapping[str, Mapping[str, Any]]) -> None:
+    """Set up Django in a benchmark process (once per process) with ``databases``."""
     import django
     from django.conf import settings
 
@@ -199,7 +199,7 @@ def configure_django(entry: Mapping[str, Any]) -> None:
         SECRET_KEY="multipool-benchmark",
         USE_TZ=True,
         TIME_ZONE="UTC",
-        DATABASES={"default": dict(entry)},
+        DATABASES={alias: dict(entry) for alias, entry in databases.items()},
         INSTALLED_APPS=[],
     )
     django.setup()
@@ -225,6 +225,16 @@ def parse_selection(
         if unknown:
             parser.error(f"unknown {what}: {', '.join(unknown)}")
     return chosen
+
+
+def write_report(out: Path, name: str, results: Mapping[str, Any], text: str) -> Path:
+    """Write ``<name>.json`` (``results``) and ``<name>.md`` (``text``) to ``out``,
+    print ``text`` and where the results went; the JSON file's path."""
+    path = write_json(out / f"{name}.json", results)
+    (out / f"{name}.md").write_text(text + "\n")
+    print(text)
+    print(f"\nresults: {path}", file=sys.stderr)
+    return path
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> Path:

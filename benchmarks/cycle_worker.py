@@ -238,7 +238,7 @@ def main() -> int:
     counter = ConnectCounter()
     counter.install(setup["vendor"])
 
-    configure_django(setup["entry"])
+    configure_django({"default": setup["entry"]})
     bench = Bench(int(setup["threads"]), float(setup.get("view_us", 0)))
     answer({"ready": True, "pid": os.getpid()})
 

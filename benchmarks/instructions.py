@@ -55,7 +55,7 @@ from benchmarks.common import (
     open_servers,
     parse_selection,
     server_info,
-    write_json,
+    write_report,
 )
 
 DEFAULT_CONFIGS = ("persistent", "multipool")
@@ -246,7 +246,7 @@ def worker_main() -> int:
     from benchmarks.cycle_worker import Bench, close_pools
 
     setup = json.loads(sys.stdin.readline())
-    configure_django(setup["entry"])
+    configure_django({"default": setup["entry"]})
     bench = Bench(int(setup["threads"]))
     for requests in (int(setup["warmup"]), int(setup["requests"])):
         result = bench.run(requests)
@@ -301,11 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             seeds=args.seeds,
             threads=args.threads,
         )
-    write_json(args.out / f"{args.name}.json", results)
-    table = markdown_table(results)
-    (args.out / f"{args.name}.md").write_text(table + "\n")
-    print(table)
-    print(f"\nresults: {args.out / (args.name + '.json')}", file=sys.stderr)
+    write_report(args.out, args.name, results, markdown_table(results))
     return 0
 
 

@@ -73,7 +73,7 @@ from benchmarks.common import (
     rounded,
     server_info,
     settled_sessions,
-    write_json,
+    write_report,
 )
 
 #: the targets of the issue, checked in every run (multipool vs the others, same run)
@@ -761,14 +761,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             view_us=args.view_us,
             processes=args.processes,
         )
-    json_path = write_json(args.out / f"{args.name}.json", results)
-    table = markdown_table(results)
-    targets = targets_table(results)
-    (args.out / f"{args.name}.md").write_text(f"{table}\n\n{targets}\n")
-    print(table)
-    print()
-    print(targets)
-    print(f"\nresults: {json_path}", file=sys.stderr)
+    text = f"{markdown_table(results)}\n\n{targets_table(results)}"
+    write_report(args.out, args.name, results, text)
     if not args.no_chart:
         print(f"chart:   {chart(results, args.out / f'{args.name}.png')}", file=sys.stderr)
     return 0
