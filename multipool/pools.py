@@ -267,11 +267,8 @@ class _FairGate:
         until it is taken back: :meth:`AliasPool.unpark` says whether it still was there."""
         key = id(lease)
         self._parked[key] = lease
-        return not self._waiters or self.serve_waiters(key, lease)
-
-    def serve_waiters(self, key: int, lease: Any) -> bool:
-        """After parking ``lease`` under ``key`` while threads wait: hand parked
-        leases to them; whether ``lease`` is still parked."""
+        if not self._waiters:
+            return True
         with self._lock:
             self._serve_parked()
         return self._parked.get(key) is lease
@@ -351,10 +348,9 @@ class AliasPool:
         self._local = threading.local()
         self._counters = _Counters()
         self._gate = _FairGate(pool.size + pool.max_overflow)
-        # The gate's parked leases and waiters, used here directly on the
-        # take-back and give-back paths (one atomic dict operation, see _FairGate).
+        # The gate's parked leases, popped here directly on the take-back path
+        # (one atomic dict operation, see _FairGate).
         self._parked = self._gate._parked
-        self._waiters = self._gate._waiters
         # Every physical connection this pool opened and that is still alive
         # (idle or lent), so a forked child can cut itself off from them.
         self._physical: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -542,10 +538,7 @@ class AliasPool:
         if self.retired or self._recycle is not None or self._pool.overflow() > 0:
             return self.checkin(lease, reset=False, park=True)
         lease.info[CHECKED_IN_AT] = time.monotonic()
-        # _FairGate.park() inline: this runs at the end of every request.
-        key = id(lease)
-        self._parked[key] = lease
-        return not self._waiters or self._gate.serve_waiters(key, lease)
+        return self._gate.park(lease)
 
     def check_every_reuse(self) -> None:
         """Poll the socket on every reuse, whatever ``poll_idle`` says (replicas)."""
