@@ -180,6 +180,7 @@ class _FairGate:
     is parked the same way, with no owner, until it is wanted or it has sat
     idle long enough to be closed (:meth:`reap`).
 
+    ``_parked`` maps ``id(lease)`` to ``(lease, parked_at)`` (``time.monotonic()``).
     Parking and taking back -- twice per request in a busy application --
     take no lock: each is one atomic ``dict`` operation, and whoever pops a
     lease from ``_parked`` owns it. The lock orders the rest (slots, waiters,
@@ -195,7 +196,7 @@ class _FairGate:
         self._lock = threading.Lock()
         self._free = capacity
         self._waiters: deque[_Waiter] = deque()
-        self._parked: dict[int, Any] = {}
+        self._parked: dict[int, tuple[Any, float]] = {}
 
     def acquire(
         self, timeout: float, prefer_parked: Callable[[], bool]
@@ -228,15 +229,18 @@ class _FairGate:
 
     def _pop_parked(self) -> Any:
         """Take the lease parked the longest, or ``None`` (with the lock held;
-        :meth:`AliasPool.unpark` may pop concurrently, without it)."""
+        :meth:`AliasPool.unpark` may pop concurrently, without it). Its
+        ``CHECKED_IN_AT`` says when it was parked (for the health check)."""
         parked = self._parked
         while parked:
             try:
                 key = next(iter(parked))
             except (StopIteration, RuntimeError):  # changed meanwhile: look again
                 continue
-            lease = parked.pop(key, None)
-            if lease is not None:
+            entry = parked.pop(key, None)
+            if entry is not None:
+                lease, parked_at = entry
+                lease.info[CHECKED_IN_AT] = parked_at
                 return lease
         return None
 
@@ -260,34 +264,43 @@ class _FairGate:
             waiter.baton.release()
             return True
 
-    def park(self, lease: Any) -> bool:
+    def park(self, lease: Any, parked_at: float) -> bool:
         """Park ``lease`` (it keeps its slot); ``False``: a waiter took it at once.
 
         A parked lease may go to a waiter or another thread at any time
         until it is taken back: :meth:`AliasPool.unpark` says whether it still was there."""
         key = id(lease)
-        self._parked[key] = lease
+        entry = (lease, parked_at)
+        self._parked[key] = entry
         if not self._waiters:
             return True
+        return self.serve_waiters(key, entry)
+
+    def serve_waiters(self, key: int, entry: tuple[Any, float]) -> bool:
+        """After parking ``entry`` under ``key`` with waiters queued: serve
+        them; whether ``entry`` is still parked."""
         with self._lock:
             self._serve_parked()
-        return self._parked.get(key) is lease
+        return self._parked.get(key) is entry
 
-    def reap(self, expired: Callable[[Any], bool]) -> Any:
-        """Take the lease parked the longest if ``expired(lease)``, else ``None``."""
+    def reap(self, cutoff: float) -> Any:
+        """Take the lease parked the longest if it was parked at ``cutoff`` or
+        before, else ``None``."""
         with self._lock:
             parked = self._parked
             try:
-                key, lease = next(iter(parked.items()))
+                key, (_lease, parked_at) = next(iter(parked.items()))
             except (StopIteration, RuntimeError):
                 return None
-            if not expired(lease):
+            if parked_at > cutoff:
                 return None
             taken = parked.pop(key, None)
-            if taken is not None and not expired(taken):
+            if taken is None:
+                return None
+            if taken[1] > cutoff:
                 parked[key] = taken  # taken back and parked again meanwhile
                 return None
-            return taken
+            return taken[0]
 
     def unpark_all(self) -> list[Any]:
         leases = []
@@ -337,6 +350,7 @@ class AliasPool:
         # fails a read over to the primary only if it sees a dead connection
         # before the read (see PoolManager.set_replicas).
         self._poll_idle = 0.0 if spec.replica_of is not None else float(pool.poll_idle)
+        self._set_fresh_for()
         self._recycle = pool.recycle
         self._overflow_idle = float(pool.overflow_idle)
         #: whether a backend may keep a connection attached to its wrapper between
@@ -364,6 +378,11 @@ class AliasPool:
             use_lifo=pool.lifo,
             reset_on_return="rollback",
         )
+        # hold() parks without the checks of checkin() while this is true:
+        # alias not retired, no recycling, no overflow connection open.
+        self._hold_ok = False
+        self._hold_ok_lock = threading.Lock()
+        self._refresh_hold_ok()
 
     def __repr__(self) -> str:
         return f"<AliasPool {self.alias!r} {self._pool.status()}>"
@@ -431,6 +450,8 @@ class AliasPool:
             except sa_exc.TimeoutError:  # pragma: no cover - the gate keeps a slot free
                 self._counters.timeouts += 1
                 raise self._timeout_error() from None
+            finally:
+                self._refresh_hold_ok()
             self._counters.checkouts += 1
             if self._healthy(lease):
                 lease.info.setdefault(FIRST_LENT_AT, time.monotonic())
@@ -509,23 +530,25 @@ class AliasPool:
                 # The alias moved on (new NAME, disposed): close, do not keep.
                 self._invalidate(lease, None, count=False)
             elif not self._recycle_due(lease):
-                lease.info[CHECKED_IN_AT] = time.monotonic()
+                now = lease.info[CHECKED_IN_AT] = time.monotonic()
                 if park and self._pool.overflow() <= 0:
                     # False: a waiter has it now, with its slot
-                    return self._gate.park(lease)
+                    return self._gate.park(lease, now)
                 if self._gate.hand_over(lease):
                     return False  # a waiter has it now, with its slot
                 if self._overflow_idle > 0 and self._would_close(lease):
                     # A surplus connection: keep it (and its slot) for whoever
                     # needs one next instead of closing it now and opening
                     # another, TLS handshake and all, at the next burst.
-                    self._gate.park(lease)
+                    self._gate.park(lease, now)
                     return False
                 lease._checkin(transaction_was_reset=True)
+                self._refresh_hold_ok()
                 self._reap()
             else:
                 lease.info[CHECKED_IN_AT] = time.monotonic()
                 lease._checkin(transaction_was_reset=True)
+                self._refresh_hold_ok()
         slot = getattr(lease, "_multipool_slot", None)
         if slot is not None:
             slot()  # frees the slot once; a no-op if already freed
@@ -534,15 +557,51 @@ class AliasPool:
     def hold(self, lease: PoolProxiedConnection) -> bool:
         """``checkin(lease, reset=False, park=True)`` for a lease whose caller
         found it clean and alive (a backend at the end of a request): the
-        common case without the checks that cannot apply."""
-        if self.retired or self._recycle is not None or self._pool.overflow() > 0:
+        common case without the checks that cannot apply.
+
+        This and :meth:`unpark` run twice per request, between the
+        application's own work and the driver's, when little of the pool is
+        left in the CPU's caches: each function and object they touch costs a
+        cache refill, so they touch as few as they can (the gate's ``park``
+        is inlined, the ``QueuePool``'s overflow read as an attribute).
+        """
+        if not self._hold_ok:
             return self.checkin(lease, reset=False, park=True)
-        lease.info[CHECKED_IN_AT] = time.monotonic()
-        return self._gate.park(lease)
+        key = id(lease)
+        entry = (lease, time.monotonic())
+        self._parked[key] = entry
+        if not self._gate._waiters:
+            return True
+        return self._gate.serve_waiters(key, entry)
 
     def check_every_reuse(self) -> None:
         """Poll the socket on every reuse, whatever ``poll_idle`` says (replicas)."""
         self._poll_idle = 0.0
+        self._set_fresh_for()
+
+    def _set_fresh_for(self) -> None:
+        """How long after its checkin a lease is taken back with no check at
+        all: :meth:`_healthy` would neither poll nor ping it."""
+        if self._ping is None:
+            self._fresh_for = float("inf")
+        elif self._pre_ping:
+            self._fresh_for = 0.0
+        else:
+            self._fresh_for = min(self._poll_idle, self._ping_idle)
+
+    def _refresh_hold_ok(self) -> None:
+        """Recompute ``_hold_ok`` after anything that may change the overflow.
+
+        Every change of the ``QueuePool``'s overflow made here is followed by
+        a refresh, and refreshes are serialized, so the last one reads the
+        state after the last change. A change made elsewhere (a lease
+        garbage-collected unreturned) can only lower the overflow: until the
+        next refresh ``hold()`` merely takes the slow path.
+        """
+        with self._hold_ok_lock:
+            self._hold_ok = (
+                not self.retired and self._recycle is None and self._pool.overflow() <= 0
+            )
 
     def _would_close(self, lease: PoolProxiedConnection) -> bool:
         """Whether giving ``lease`` back to the ``QueuePool`` now would close it
@@ -559,10 +618,11 @@ class AliasPool:
         if self._pool.overflow() <= 0 or not self._gate.parked():
             return
         cutoff = time.monotonic() - self._overflow_idle
-        lease = self._gate.reap(lambda parked: parked.info.get(CHECKED_IN_AT, 0.0) <= cutoff)
+        lease = self._gate.reap(cutoff)
         if lease is None:
             return
         lease._checkin(transaction_was_reset=True)  # closed by the QueuePool if it is full
+        self._refresh_hold_ok()
         slot = getattr(lease, "_multipool_slot", None)
         if slot is not None:
             slot()
@@ -571,9 +631,18 @@ class AliasPool:
         """Take back a lease parked by :meth:`checkin`: ``False`` if another
         thread took it meanwhile or it failed the health check (then it is
         discarded and its slot freed)."""
-        if self.retired or self._parked.pop(id(lease), None) is None:
+        if self.retired:
+            return False
+        entry = self._parked.pop(id(lease), None)
+        if entry is None:
             return False
         self._counters.checkouts += 1
+        # The common case of _healthy(), inline (see hold): parked less than
+        # ``_fresh_for`` seconds ago, after the last suspect mark.
+        parked_at = entry[1]
+        if parked_at > self._suspect_before and time.monotonic() - parked_at < self._fresh_for:
+            return True
+        lease.info[CHECKED_IN_AT] = parked_at
         if self._healthy(lease):
             return True
         slot = getattr(lease, "_multipool_slot", None)
@@ -596,6 +665,7 @@ class AliasPool:
             lease.invalidate(exc)
         except Exception:  # pragma: no cover - closing a dead socket may fail
             logger.debug("multipool: error while discarding a connection", exc_info=True)
+        self._refresh_hold_ok()
 
     def mark_suspect(self) -> None:
         """Ping every connection given back before now at its next checkout."""
@@ -643,13 +713,16 @@ class AliasPool:
 
     def dispose(self) -> None:
         """Close idle connections now; lent ones are closed when given back."""
-        self.retired = True
+        with self._hold_ok_lock:
+            self.retired = True
+            self._hold_ok = False
         for lease in self._gate.unpark_all():
             self._invalidate(lease, None, count=False)
             slot = getattr(lease, "_multipool_slot", None)
             if slot is not None:
                 slot()
         self._pool.dispose()
+        self._refresh_hold_ok()
 
     def detach_inherited_sockets(self) -> int:
         """In a forked child: make this pool's connections unable to reach the server.

@@ -60,8 +60,10 @@ _MISSING = object()
 #: key in a physical connection's ``info``: Django's session setup has run on it.
 SETUP_DONE = "multipool.setup_done"
 
-#: what :meth:`PooledWrapperMixin.release_state` says of a connection
-IDLE, IN_TRANSACTION, BROKEN = 0, 1, 2
+#: what :meth:`PooledWrapperMixin.release_state` says of a connection: clean;
+#: a transaction to roll back; unusable; no transaction, but a session
+#: setting to restore (:meth:`PooledWrapperMixin.restore_session`)
+IDLE, IN_TRANSACTION, BROKEN, SESSION_CHANGED = 0, 1, 2, 3
 
 
 @functools.cache
@@ -302,21 +304,24 @@ class PooledWrapperMixin:
             super().close_if_unusable_or_obsolete()  # type: ignore[misc]
             return
         state = self.release_state(connection)
-        if state == BROKEN:
-            super().close_if_unusable_or_obsolete()  # type: ignore[misc]
-            return
-        try:
-            if state == IN_TRANSACTION:
-                self.rollback_transaction(connection)
-            self.restore_session(connection)
-        except Exception:
-            logger.info(
-                "multipool: alias %r: rollback or session restore on return failed; discarding",
-                self.alias,
-            )
-            self.close()  # as Django would: the connection is discarded
-            return
-        self.run_on_commit = []
+        if state != IDLE:
+            if state == BROKEN:
+                super().close_if_unusable_or_obsolete()  # type: ignore[misc]
+                return
+            try:
+                if state == IN_TRANSACTION:
+                    self.rollback_transaction(connection)
+                self.restore_session(connection)
+            except Exception:
+                logger.info(
+                    "multipool: alias %r: rollback or session restore on return failed; "
+                    "discarding",
+                    self.alias,
+                )
+                self.close()  # as Django would: the connection is discarded
+                return
+        if self.run_on_commit:
+            self.run_on_commit = []
         if pool.hold(lease):
             # Kept for this wrapper's next ensure_connection(), unless another
             # thread needs it first.
@@ -328,7 +333,9 @@ class PooledWrapperMixin:
 
     def release_state(self, connection: Any) -> int:
         """Hook: the state of the connection at the end of a request, as cheaply
-        as the driver can tell: ``IDLE``, ``IN_TRANSACTION`` or ``BROKEN``."""
+        as the driver can tell: ``IDLE``, ``IN_TRANSACTION``, ``BROKEN`` or
+        ``SESSION_CHANGED``. Anything but ``IDLE`` at the request boundary
+        runs :meth:`restore_session` (after a rollback for ``IN_TRANSACTION``)."""
         if self.connection_is_broken(connection):
             return BROKEN
         return IN_TRANSACTION if self.transaction_may_be_open(connection) else IDLE
@@ -338,9 +345,10 @@ class PooledWrapperMixin:
         connection.rollback()
 
     def restore_session(self, connection: Any) -> None:
-        """Hook: undo session changes user code may have made, without a round
-        trip unless one is needed (at the end of a request the wrapper stays
-        connected through, see :meth:`close_if_unusable_or_obsolete`)."""
+        """Hook: undo the session changes :meth:`release_state` reported
+        (``SESSION_CHANGED``) or a rolled-back transaction may have left (at
+        the end of a request the wrapper stays connected through, see
+        :meth:`close_if_unusable_or_obsolete`)."""
 
     # -- checkin -----------------------------------------------------------------
     @async_unsafe

@@ -14,7 +14,13 @@ from django.db.backends.postgresql.creation import DatabaseCreation as _DjangoCr
 from django.db.backends.postgresql.psycopg_any import IsolationLevel, is_psycopg3
 
 from multipool.backends.creation import PooledCreationMixin
-from multipool.backends.pooled import BROKEN, IDLE, IN_TRANSACTION, PooledWrapperMixin
+from multipool.backends.pooled import (
+    BROKEN,
+    IDLE,
+    IN_TRANSACTION,
+    SESSION_CHANGED,
+    PooledWrapperMixin,
+)
 from multipool.pools import manager
 
 # libpq's PQtransactionStatus: 0 idle, 1 active, 2 in transaction, 3 in error, 4 unknown (bad).
@@ -60,15 +66,28 @@ class DatabaseWrapper(PooledWrapperMixin, django_postgresql.DatabaseWrapper):
         )
 
     def release_state(self, connection: Any) -> int:
-        # One libpq call: PQtransactionStatus is UNKNOWN on a closed or broken connection.
+        # One libpq call: PQtransactionStatus is UNKNOWN on a closed or broken
+        # connection. Outside a transaction, the time zone check of Django's
+        # session setup, read from libpq's parameter status (no round trip).
         if is_psycopg3:
-            status = connection.pgconn.transaction_status
+            pgconn = connection.pgconn
+            status = pgconn.transaction_status
+            if status == _IDLE:
+                expected = self.timezone_name
+                if expected:
+                    current = pgconn.parameter_status(b"TimeZone")
+                    if current is None or current.decode() != expected:
+                        return SESSION_CHANGED
+                return IDLE
         elif connection.closed:
             return BROKEN
         else:
             status = connection.get_transaction_status()
-        if status == _IDLE:
-            return IDLE
+            if status == _IDLE:
+                expected = self.timezone_name
+                if expected and connection.get_parameter_status("TimeZone") != expected:
+                    return SESSION_CHANGED
+                return IDLE
         return BROKEN if status == _UNKNOWN else IN_TRANSACTION
 
     def rollback_transaction(self, connection: Any) -> None:
@@ -84,17 +103,9 @@ class DatabaseWrapper(PooledWrapperMixin, django_postgresql.DatabaseWrapper):
         connection.rollback()
 
     def restore_session(self, connection: Any) -> None:
-        # The time zone check of Django's session setup, read straight from
-        # libpq's parameter status; Django's own setup (a SET) runs only if
-        # user code changed the time zone during the request.
-        expected = self.timezone_name
-        if not expected:
-            return
-        if is_psycopg3:
-            current = connection.pgconn.parameter_status(b"TimeZone")
-            if current is not None and current.decode() == expected:
-                return
-        elif connection.get_parameter_status("TimeZone") == expected:
+        # Django's own time zone setup (a SET), only if user code changed the
+        # time zone during the request (release_state compares it).
+        if not self.timezone_name:
             return
         configure = getattr(self, "_configure_timezone", None)  # Django 5.0+
         changed = configure(connection) if configure is not None else self.ensure_timezone()
