@@ -322,6 +322,80 @@ class ServerRef:
         return asdict(self)
 
 
+# -- CPU placement -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Which CPUs the client (worker processes) and the server run on.
+
+    On a small machine the scheduler otherwise moves client threads and
+    server backends between the same few CPUs, and where they land decides
+    how often a reply wakes a thread on another CPU: measured on 2 vCPUs,
+    the same configuration ran at 5,000 or 11,000 requests/s from one round
+    to the next. Apart, as the application and the database are in
+    production, a round repeats within a few percent.
+    """
+
+    client: frozenset[int]
+    server: frozenset[int]
+
+    @classmethod
+    def split(cls) -> Placement | None:
+        """The server on the upper half of this process's CPUs, the client on
+        the lower half; ``None`` with a single CPU or no affinity support."""
+        getter = getattr(os, "sched_getaffinity", None)
+        if getter is None:
+            return None
+        cpus = sorted(getter(0))
+        if len(cpus) < 2:
+            return None
+        half = len(cpus) // 2
+        return cls(client=frozenset(cpus[:half]), server=frozenset(cpus[half:]))
+
+    def to_dict(self) -> dict[str, list[int]]:
+        return {"client": sorted(self.client), "server": sorted(self.server)}
+
+
+def _process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (Linux ``/proc``)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, ()))
+    return tree
+
+
+def pin_server(server: Any, cpus: Iterable[int]) -> bool:
+    """Move a locally started server (every process and thread; later
+    backends inherit it) to ``cpus``. ``False`` for a server multipool did
+    not start (attached by URL, or in a container)."""
+    pid = getattr(getattr(server, "controller", None), "pid", None)
+    if pid is None or not hasattr(os, "sched_setaffinity"):
+        return False
+    cpu_set = set(cpus)
+    for process in _process_tree(pid):
+        try:
+            tasks = [int(t) for t in os.listdir(f"/proc/{process}/task")]
+        except OSError:
+            continue
+        for task in tasks:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(task, cpu_set)
+    return True
+
+
 def server_info(server: Any) -> dict[str, Any]:
     return {
         "engine": server.engine,

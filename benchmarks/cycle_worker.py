@@ -186,6 +186,8 @@ class Bench:
             "latencies_us": [round(ns / 1000, 1) for ns in latencies],
             "errors": len(errors),
             "error_samples": sorted(set(errors))[:5],
+            # where the threads were allowed to run (--placement)
+            "cpus": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         }
 
     def stop(self) -> None:

@@ -56,6 +56,7 @@ from benchmarks.common import (
     REPO_ROOT,
     RESULTS_DIR,
     TLS_VARIANTS,
+    Placement,
     available_configs,
     balanced_orders,
     config_entry,
@@ -69,6 +70,7 @@ from benchmarks.common import (
     open_servers,
     parse_selection,
     percentile,
+    pin_server,
     ratio,
     rounded,
     server_info,
@@ -103,6 +105,7 @@ class Worker:
         entry: Mapping[str, Any],
         threads: int,
         view_us: float = 0,
+        cpus: frozenset[int] | None = None,
     ) -> None:
         self.config = config
         env = dict(os.environ)
@@ -117,6 +120,8 @@ class Worker:
             cwd=str(REPO_ROOT),
             env=env,
             text=True,
+            # set in the child before exec, so every thread it starts inherits it
+            preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
         )
         # The entry holds a password: it goes through the pipe, never argv.
         self._send({
@@ -315,6 +320,7 @@ def run_group(
     slow_requests: int | None = None,
     view_us: float = 0,
     processes: int = 1,
+    client_cpus: frozenset[int] | None = None,
     log: Any = None,
 ) -> dict[str, Any]:
     """Every configuration against one server with one TLS variant, interleaved.
@@ -353,7 +359,9 @@ def run_group(
                         threads=threads,
                         max_overflow=max_overflow,
                     )
-                    workers[config] = Worker(config, engine, entry, threads, view_us)
+                    workers[config] = Worker(
+                        config, engine, entry, threads, view_us, cpus=client_cpus
+                    )
                 for worker in workers.values():
                     worker.ready()
                 for config, worker in workers.items():
@@ -510,6 +518,7 @@ def run(
     slow_requests: int | None = 250,
     view_us: float = 0,
     processes: int = 1,
+    placement: Placement | None = None,
     cleanup: bool = True,
     log: Any = sys.stderr,
 ) -> dict[str, Any]:
@@ -517,11 +526,17 @@ def run(
 
     ``servers`` maps an engine (``postgresql``, ``mysql``) to a
     :class:`multipool.testing.TestServer`. ``requests`` is per thread and round.
+    With a ``placement``, worker processes run on its client CPUs and each
+    server multipool started on its server CPUs (see :class:`Placement`).
     """
     if warmup is None:
         warmup = max(5, min(100, requests // 10))
     started = time.monotonic()
     meta = machine_info()
+    pinned: dict[str, bool] = {}
+    if placement is not None:
+        for engine, server in servers.items():
+            pinned[engine] = pin_server(server, placement.server)
     groups: list[dict[str, Any]] = []
     for engine in ENGINES:
         server = servers.get(engine)
@@ -548,6 +563,7 @@ def run(
                         else min(slow_requests, requests),
                         view_us=view_us,
                         processes=processes,
+                        client_cpus=None if placement is None else placement.client,
                         log=log,
                     )
                 )
@@ -572,6 +588,9 @@ def run(
             "max_overflow": max_overflow,
             "query": "SELECT name FROM bench_item WHERE id = %s (primary key, 1000 rows)",
             "view_us": view_us,
+            "placement": None if placement is None else {
+                **placement.to_dict(), "servers_pinned": pinned
+            },
         },
         "machine": meta,
         "servers": {engine: server_info(s) for engine, s in servers.items()},
@@ -696,7 +715,12 @@ def chart(results: Mapping[str, Any], path: Path) -> Path:
         f"Django request cycle, {params['threads']} threads, indexed lookup"
         + (f" + {params['view_us']:g} µs view work" if params.get("view_us") else "")
         + "; "
-        f"{machine['cpus']} CPUs ({machine['cpu']})",
+        f"{machine['cpus']} CPUs ({machine['cpu']})"
+        + (
+            f"; client on CPU {','.join(map(str, params['placement']['client']))}, "
+            f"server on CPU {','.join(map(str, params['placement']['server']))}"
+            if params.get("placement") else ""
+        ),
         fontsize=10,
     )
     fig.tight_layout(rect=(0, 0.05, 1, 1))
@@ -744,6 +768,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results directory")
     parser.add_argument("--name", default="request_cycle", help="file name stem of the results")
     parser.add_argument("--no-chart", action="store_true")
+    parser.add_argument(
+        "--placement",
+        choices=("split", "none"),
+        default="split",
+        help="split: worker processes on the lower half of the CPUs, servers started "
+        "here on the upper half (default; see benchmarks/README.md); none: wherever "
+        "the scheduler puts them",
+    )
     args = parser.parse_args(argv)
 
     engines, tls_variants, configs = parse_selection(parser, args.engines, args.tls, args.configs)
@@ -760,6 +792,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             slow_requests=args.slow_requests,
             view_us=args.view_us,
             processes=args.processes,
+            placement=Placement.split() if args.placement == "split" else None,
         )
     text = f"{markdown_table(results)}\n\n{targets_table(results)}"
     write_report(args.out, args.name, results, text)

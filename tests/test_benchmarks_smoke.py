@@ -6,8 +6,10 @@ The full benchmark is ``python -m benchmarks.request_cycle`` (see benchmarks/REA
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
+import os
 from typing import Any
 
 import pytest
@@ -42,22 +44,54 @@ def bench_server(request: pytest.FixtureRequest) -> Any:
     return request.getfixturevalue(name)
 
 
+def _affinity_of_tree(pid: int) -> dict[int, set[int]]:
+    """The CPU affinity of every thread of ``pid`` and its descendants."""
+    from benchmarks.common import _process_tree
+
+    found = {}
+    for process in _process_tree(pid):
+        for task in os.listdir(f"/proc/{process}/task"):
+            with contextlib.suppress(OSError):
+                found[int(task)] = os.sched_getaffinity(int(task))
+    return found
+
+
 def test_request_cycle_smoke(bench_server: Any) -> None:
     _require_compared_pools()
     from benchmarks import request_cycle
-    from benchmarks.common import TLS_VARIANTS, available_configs, database_name
+    from benchmarks.common import TLS_VARIANTS, Placement, available_configs, database_name
 
     engine = bench_server.engine
-    results = request_cycle.run(
-        {engine: bench_server},
-        threads=THREADS,
-        requests=REQUESTS,
-        rounds=ROUNDS,
-        warmup=2,
-        processes=2,
-        log=None,
-    )
+    placement = Placement.split()
+    all_cpus = os.sched_getaffinity(0)
+    try:
+        results = request_cycle.run(
+            {engine: bench_server},
+            threads=THREADS,
+            requests=REQUESTS,
+            rounds=ROUNDS,
+            warmup=2,
+            processes=2,
+            placement=placement,
+            log=None,
+        )
+        server_pid = getattr(bench_server.controller, "pid", None)
+        if placement is not None and server_pid is not None:
+            # the server, backends started since included, stayed on its CPUs
+            affinity = _affinity_of_tree(server_pid)
+            assert len(affinity) > 1
+            assert all(cpus == set(placement.server) for cpus in affinity.values())
+    finally:
+        from benchmarks.common import pin_server
+
+        pin_server(bench_server, all_cpus)  # the other tests share this server
     json.loads(json.dumps(results))  # JSON-ready
+    if placement is None:
+        assert results["parameters"]["placement"] is None
+    else:
+        assert results["parameters"]["placement"]["client"] == sorted(placement.client)
+        pinned = {engine: server_pid is not None}  # not a server attached by URL
+        assert results["parameters"]["placement"]["servers_pinned"] == pinned
 
     assert results["parameters"]["threads"] == THREADS
     assert results["machine"]["cpus"]
@@ -89,6 +123,10 @@ def test_request_cycle_smoke(bench_server: Any) -> None:
             if conns["limit"] is not None:
                 assert conns["peak"] <= conns["limit"], where
             assert summary["client_cpu_us"] > 0, where
+            if placement is not None:
+                assert all(
+                    run["cpus"] == sorted(placement.client) for run in group["runs"][config]
+                ), where
         assert len(group["orders"]) == ROUNDS
         # a fresh worker process per configuration for each block of rounds
         for config, config_runs in group["runs"].items():

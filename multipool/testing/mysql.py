@@ -315,6 +315,12 @@ class LocalMariaDB:
         self.process: subprocess.Popen[bytes] | None = None
         self._output: IO[bytes] | None = None
 
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs (benchmarks pin it)."""
+        process = self.process
+        return process.pid if process is not None and process.poll() is None else None
+
     def install(self) -> None:
         installer = _find("mariadb-install-db", "mysql_install_db")
         args = [

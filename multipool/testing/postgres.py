@@ -444,6 +444,11 @@ class LocalPostgres:
         except (OSError, ValueError, IndexError):
             return None
 
+    @property
+    def pid(self) -> int | None:
+        """The postmaster's process id while the server runs (benchmarks pin it)."""
+        return self._pid() if self.is_running() else None
+
     def is_running(self) -> bool:
         pid = self._pid()
         if pid is None:
