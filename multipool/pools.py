@@ -378,11 +378,6 @@ class AliasPool:
             use_lifo=pool.lifo,
             reset_on_return="rollback",
         )
-        # hold() parks without the checks of checkin() while this is true:
-        # alias not retired, no recycling, no overflow connection open.
-        self._hold_ok = False
-        self._hold_ok_lock = threading.Lock()
-        self._refresh_hold_ok()
 
     def __repr__(self) -> str:
         return f"<AliasPool {self.alias!r} {self._pool.status()}>"
@@ -450,8 +445,6 @@ class AliasPool:
             except sa_exc.TimeoutError:  # pragma: no cover - the gate keeps a slot free
                 self._counters.timeouts += 1
                 raise self._timeout_error() from None
-            finally:
-                self._refresh_hold_ok()
             self._counters.checkouts += 1
             if self._healthy(lease):
                 lease.info.setdefault(FIRST_LENT_AT, time.monotonic())
@@ -543,12 +536,10 @@ class AliasPool:
                     self._gate.park(lease, now)
                     return False
                 lease._checkin(transaction_was_reset=True)
-                self._refresh_hold_ok()
                 self._reap()
             else:
                 lease.info[CHECKED_IN_AT] = time.monotonic()
                 lease._checkin(transaction_was_reset=True)
-                self._refresh_hold_ok()
         slot = getattr(lease, "_multipool_slot", None)
         if slot is not None:
             slot()  # frees the slot once; a no-op if already freed
@@ -563,9 +554,9 @@ class AliasPool:
         application's own work and the driver's, when little of the pool is
         left in the CPU's caches: each function and object they touch costs a
         cache refill, so they touch as few as they can (the gate's ``park``
-        is inlined, the ``QueuePool``'s overflow read as an attribute).
+        is inlined, the parking time travels with the parked entry).
         """
-        if not self._hold_ok:
+        if self.retired or self._recycle is not None or self._pool.overflow() > 0:
             return self.checkin(lease, reset=False, park=True)
         key = id(lease)
         entry = (lease, time.monotonic())
@@ -589,20 +580,6 @@ class AliasPool:
         else:
             self._fresh_for = min(self._poll_idle, self._ping_idle)
 
-    def _refresh_hold_ok(self) -> None:
-        """Recompute ``_hold_ok`` after anything that may change the overflow.
-
-        Every change of the ``QueuePool``'s overflow made here is followed by
-        a refresh, and refreshes are serialized, so the last one reads the
-        state after the last change. A change made elsewhere (a lease
-        garbage-collected unreturned) can only lower the overflow: until the
-        next refresh ``hold()`` merely takes the slow path.
-        """
-        with self._hold_ok_lock:
-            self._hold_ok = (
-                not self.retired and self._recycle is None and self._pool.overflow() <= 0
-            )
-
     def _would_close(self, lease: PoolProxiedConnection) -> bool:
         """Whether giving ``lease`` back to the ``QueuePool`` now would close it
         (an overflow connection returned to a full pool)."""
@@ -622,7 +599,6 @@ class AliasPool:
         if lease is None:
             return
         lease._checkin(transaction_was_reset=True)  # closed by the QueuePool if it is full
-        self._refresh_hold_ok()
         slot = getattr(lease, "_multipool_slot", None)
         if slot is not None:
             slot()
@@ -665,7 +641,6 @@ class AliasPool:
             lease.invalidate(exc)
         except Exception:  # pragma: no cover - closing a dead socket may fail
             logger.debug("multipool: error while discarding a connection", exc_info=True)
-        self._refresh_hold_ok()
 
     def mark_suspect(self) -> None:
         """Ping every connection given back before now at its next checkout."""
@@ -713,16 +688,13 @@ class AliasPool:
 
     def dispose(self) -> None:
         """Close idle connections now; lent ones are closed when given back."""
-        with self._hold_ok_lock:
-            self.retired = True
-            self._hold_ok = False
+        self.retired = True
         for lease in self._gate.unpark_all():
             self._invalidate(lease, None, count=False)
             slot = getattr(lease, "_multipool_slot", None)
             if slot is not None:
                 slot()
         self._pool.dispose()
-        self._refresh_hold_ok()
 
     def detach_inherited_sockets(self) -> int:
         """In a forked child: make this pool's connections unable to reach the server.
