@@ -284,3 +284,31 @@ def test_instructions_smoke(mysql_server: Any) -> None:
         assert 10_000 < summary["mean"] < 10_000_000, (config, summary)
     assert group["configs"]["persistent"]["x_persistent"] == 1.0
     assert instructions.markdown_table(results).count("\n") == 3
+
+
+def test_paired_smoke(bench_server: Any) -> None:
+    """Every configuration as an alias of one worker process, in alternating blocks."""
+    from benchmarks import paired
+    from benchmarks.common import TLS_VARIANTS, database_name
+
+    engine = bench_server.engine
+    configs = ("persistent", "persistent_control", "multipool")
+    results = paired.run(
+        {engine: bench_server}, configs=configs, threads=2, requests=5, blocks=2
+    )
+    json.loads(json.dumps(results))  # JSON-ready
+    assert [(g["engine"], g["tls"]) for g in results["groups"]] == [
+        (engine, t) for t in TLS_VARIANTS
+    ]
+    for group in results["groups"]:
+        assert list(group["configs"]) == list(configs)
+        for config, summary in group["configs"].items():
+            assert summary["blocks"] == 2, config
+            assert len(group["blocks"][config]) == 2, config
+            assert summary["cpu_us_per_request"] > 0, config
+            assert summary["wall_us_per_request"] > 0, config
+            assert summary["throughput_x_persistent"] > 0, config
+        assert group["configs"]["persistent"]["throughput_x_persistent"] == 1.0
+    assert "| multipool |" in paired.markdown_table(results)
+    for config in configs:
+        assert bench_server.connection_count(database=database_name(config)) == 0

@@ -1,0 +1,335 @@
+"""Paired timing in one process: configurations alternate in short blocks.
+
+The request-cycle benchmark gives each configuration its own processes, as an
+application would run, and its A/A control shows what that costs in
+precision: two processes of the very same configuration differ by a few
+percent. Instruction counts (:mod:`benchmarks.instructions`) have no such
+noise, but they miss what costs time without costing instructions -- code and
+data the request boundary touches when they are no longer in the CPU's
+caches. This benchmark times that:
+
+* one worker process per engine and TLS variant holds every configuration as
+  an alias of its own, on the same server, with the same threads, memory
+  layout and hash seed;
+* the threads serve ``--requests`` requests each on one alias, then on the
+  next (a block each), for ``--blocks`` blocks, the order reversed every
+  other block, so that slow drift of the machine hits every configuration
+  alike;
+* each block's CPU time (the process's, user and system) and wall time per
+  request are paired with the reference's block next to it; the median of
+  those ratios is reported;
+* with ``--placement split`` (the default) the worker runs on the lower half
+  of the CPUs and a server started here on the upper half (see
+  :class:`benchmarks.common.Placement`).
+
+A request is what Django's ``close_old_connections`` does for *this* alias at
+``request_started`` and ``request_finished`` around one primary-key lookup:
+sending the signals would run every other alias's checks as well, and a
+persistent connection's checks (``get_autocommit()`` through
+``ensure_connection()``) cost more than a pooled one's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import (
+    BENCH_ROWS,
+    BENCH_TABLE,
+    CONFIGS,
+    ENGINES,
+    REPO_ROOT,
+    RESULTS_DIR,
+    TLS_VARIANTS,
+    Placement,
+    available_configs,
+    config_entry,
+    configure_django,
+    create_bench_database,
+    database_name,
+    drop_bench_database,
+    machine_info,
+    median,
+    open_servers,
+    parse_selection,
+    pin_server,
+    rounded,
+    server_info,
+    write_report,
+)
+
+DEFAULT_CONFIGS = ("persistent", "persistent_control", "multipool")
+REFERENCE = "persistent"
+SQL = f"SELECT name FROM {BENCH_TABLE} WHERE id = %s"
+
+
+# -- the worker process --------------------------------------------------------------
+
+
+def _serve_blocks(setup: Mapping[str, Any]) -> dict[str, list[dict[str, float]]]:
+    configure_django({"default": setup["entries"][setup["configs"][0]], **setup["entries"]})
+    from django.db import connections
+
+    configs: list[str] = setup["configs"]
+    threads, requests = int(setup["threads"]), int(setup["requests"])
+    start, end = threading.Barrier(threads + 1), threading.Barrier(threads + 1)
+    job: dict[str, Any] = {"alias": None, "n": 0, "stop": False}
+    errors: list[str] = []
+
+    def serve(index: int) -> None:
+        rng = random.Random(index)
+        while True:
+            start.wait()
+            if job["stop"]:
+                connections.close_all()
+                end.wait()
+                return
+            conn = connections[job["alias"]]
+            try:
+                for _ in range(job["n"]):
+                    conn.close_if_unusable_or_obsolete()  # request_started
+                    try:
+                        with conn.cursor() as cursor:
+                            cursor.execute(SQL, [rng.randint(1, BENCH_ROWS)])
+                            cursor.fetchone()
+                    finally:
+                        conn.close_if_unusable_or_obsolete()  # request_finished
+            except Exception as exc:  # reported, and the run fails
+                errors.append(f"{job['alias']}: {type(exc).__name__}: {exc}")
+            end.wait()
+
+    workers = [threading.Thread(target=serve, args=(i,), daemon=True) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+
+    def block(alias: str, n: int) -> dict[str, float]:
+        job["alias"], job["n"] = alias, n
+        ru0 = resource.getrusage(resource.RUSAGE_SELF)
+        wall0 = time.perf_counter()
+        start.wait()
+        end.wait()
+        wall = time.perf_counter() - wall0
+        ru1 = resource.getrusage(resource.RUSAGE_SELF)
+        count = n * threads
+        return {
+            "wall_us": wall / count * 1e6,
+            "cpu_us": (ru1.ru_utime - ru0.ru_utime + ru1.ru_stime - ru0.ru_stime) / count * 1e6,
+            "user_us": (ru1.ru_utime - ru0.ru_utime) / count * 1e6,
+        }
+
+    for alias in configs:  # connect and warm up
+        block(alias, max(20, requests // 5))
+    measured: dict[str, list[dict[str, float]]] = {c: [] for c in configs}
+    for b in range(int(setup["blocks"])):
+        for alias in configs if b % 2 == 0 else configs[::-1]:
+            measured[alias].append(block(alias, requests))
+    job["stop"] = True
+    start.wait()
+    end.wait()
+    from multipool.pools import manager
+
+    manager.dispose()  # the parked connections too
+    if errors:
+        raise RuntimeError("; ".join(sorted(set(errors))[:5]))
+    return measured
+
+
+def worker_main() -> int:
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # anything printed goes to stderr
+    setup = json.loads(sys.stdin.readline())
+    out.write(json.dumps(_serve_blocks(setup)) + "\n")
+    out.close()
+    return 0
+
+
+# -- the harness ---------------------------------------------------------------------
+
+
+def _summarize(measured: Mapping[str, list[dict[str, float]]]) -> dict[str, Any]:
+    reference = measured[REFERENCE]
+    summary: dict[str, Any] = {}
+    for config, blocks in measured.items():
+        pairs = list(zip(blocks, reference, strict=True))
+        throughput = [ref["wall_us"] / own["wall_us"] for own, ref in pairs]
+        cpu = [own["cpu_us"] / ref["cpu_us"] for own, ref in pairs]
+        summary[config] = {
+            "wall_us_per_request": rounded(median(b["wall_us"] for b in blocks), 1),
+            "cpu_us_per_request": rounded(median(b["cpu_us"] for b in blocks), 1),
+            "user_us_per_request": rounded(median(b["user_us"] for b in blocks), 1),
+            "throughput_x_persistent": rounded(median(throughput)),
+            "cpu_x_persistent": rounded(median(cpu)),
+            "blocks_faster_than_persistent": sum(r > 1 for r in throughput),
+            "blocks": len(blocks),
+        }
+    return summary
+
+
+def run(
+    servers: Mapping[str, Any],
+    *,
+    configs: Sequence[str] = DEFAULT_CONFIGS,
+    tls_variants: Sequence[str] = tuple(TLS_VARIANTS),
+    threads: int = 4,
+    requests: int = 500,
+    blocks: int = 20,
+    placement: Placement | None = None,
+) -> dict[str, Any]:
+    if REFERENCE not in configs:
+        raise ValueError(f"the paired benchmark needs {REFERENCE!r} among the configurations")
+    pinned: dict[str, bool] = {}
+    if placement is not None:
+        for engine, server in servers.items():
+            pinned[engine] = pin_server(server, placement.server)
+    groups = []
+    for engine in ENGINES:
+        server = servers.get(engine)
+        if server is None:
+            continue
+        chosen = [c for c in configs if c in available_configs(engine)]
+        for config in chosen:
+            create_bench_database(server, database_name(config))
+        try:
+            for tls_variant in tls_variants:
+                user, tls = TLS_VARIANTS[tls_variant]
+                entries = {
+                    c: config_entry(
+                        c, server, user=user, tls=tls, database=database_name(c), threads=threads
+                    )
+                    for c in chosen
+                }
+                measured = _run_worker(
+                    {
+                        "configs": chosen,
+                        "entries": entries,
+                        "threads": threads,
+                        "requests": requests,
+                        "blocks": blocks,
+                    },
+                    None if placement is None else placement.client,
+                )
+                for config in chosen:
+                    server.wait_for_connection_count(
+                        0, user=user, database=database_name(config), timeout=10
+                    )
+                groups.append({
+                    "engine": engine,
+                    "tls": tls_variant,
+                    "configs": _summarize(measured),
+                    "blocks": measured,
+                })
+        finally:
+            for config in chosen:
+                drop_bench_database(server, database_name(config))
+    return {
+        "benchmark": "paired",
+        "parameters": {
+            "threads": threads,
+            "requests_per_thread_per_block": requests,
+            "blocks": blocks,
+            "pool_size": threads,
+            "placement": None if placement is None else {
+                **placement.to_dict(), "servers_pinned": pinned
+            },
+        },
+        "machine": machine_info(),
+        "servers": {engine: server_info(s) for engine, s in servers.items()},
+        "groups": groups,
+    }
+
+
+def _run_worker(setup: Mapping[str, Any], cpus: frozenset[int] | None) -> Any:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    # The entries hold passwords: they go through the pipe, never argv.
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.paired", "--worker"],
+        input=json.dumps(setup) + "\n",
+        capture_output=True,
+        text=True,
+        cwd=str(REPO_ROOT),
+        env=env,
+        preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"paired worker failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout)
+
+
+def markdown_table(results: Mapping[str, Any]) -> str:
+    lines = [
+        "| Server | TLS | Configuration | CPU µs/request | wall µs/request "
+        "| throughput x persistent | CPU x persistent | blocks faster |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for group in results["groups"]:
+        for config, s in group["configs"].items():
+            lines.append(
+                f"| {group['engine']} | {group['tls']} | {config} | "
+                f"{s['cpu_us_per_request']:.1f} | {s['wall_us_per_request']:.1f} | "
+                f"{s['throughput_x_persistent']:.3f} | {s['cpu_x_persistent']:.3f} | "
+                f"{s['blocks_faster_than_persistent']}/{s['blocks']} |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.paired", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--engines", default=",".join(ENGINES), help="postgresql,mysql")
+    parser.add_argument("--tls", default=",".join(TLS_VARIANTS), help="off,verify-full")
+    parser.add_argument(
+        "--configs", default=",".join(DEFAULT_CONFIGS), help=f"subset of {','.join(CONFIGS)}"
+    )
+    parser.add_argument("--threads", type=int, default=4, help="threads (= pool size)")
+    parser.add_argument(
+        "--requests", type=int, default=500, help="requests per thread per block (default 500)"
+    )
+    parser.add_argument("--blocks", type=int, default=20, help="blocks per configuration")
+    parser.add_argument("--placement", choices=("split", "none"), default="split")
+    parser.add_argument("--postgres-url", default=None, help="admin URL of an existing server")
+    parser.add_argument("--mysql-url", default=None, help="admin URL of an existing server")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results directory")
+    parser.add_argument("--name", default="paired", help="file name stem of the results")
+    args = parser.parse_args(argv)
+    if args.worker:
+        return worker_main()
+    engines, tls_variants, selected = parse_selection(
+        parser, args.engines, args.tls, args.configs
+    )
+    configs = selected or list(DEFAULT_CONFIGS)
+    if REFERENCE not in configs:
+        parser.error(f"--configs must include {REFERENCE}")
+    if "conn_per_request" in configs:
+        parser.error("conn_per_request is 10-100x slower; compare it with request_cycle")
+    with open_servers(engines, postgres_url=args.postgres_url, mysql_url=args.mysql_url) as servers:
+        results = run(
+            servers,
+            configs=configs,
+            tls_variants=tls_variants,
+            threads=args.threads,
+            requests=args.requests,
+            blocks=args.blocks,
+            placement=Placement.split() if args.placement == "split" else None,
+        )
+    write_report(args.out, args.name, results, markdown_table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
