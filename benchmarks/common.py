@@ -237,6 +237,40 @@ def write_report(out: Path, name: str, results: Mapping[str, Any], text: str) ->
     return path
 
 
+def worker_env(**extra: str) -> dict[str, str]:
+    """The environment of a benchmark worker process: this checkout importable,
+    no settings module of the caller's (the worker configures Django itself)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
+    )
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    env.update(extra)
+    return env
+
+
+def bench_groups(
+    servers: Mapping[str, Any], configs: Sequence[str], tls_variants: Sequence[str]
+) -> Iterator[tuple[str, Any, str, list[str]]]:
+    """``(engine, server, tls_variant, configs)`` for each group, engines in
+    :data:`ENGINES` order, ``configs`` narrowed to those the engine has.
+    Each configuration's database is created before an engine's first group
+    and dropped after its last."""
+    for engine in ENGINES:
+        server = servers.get(engine)
+        if server is None:
+            continue
+        chosen = [c for c in configs if c in available_configs(engine)]
+        for config in chosen:
+            create_bench_database(server, database_name(config))
+        try:
+            for tls_variant in tls_variants:
+                yield engine, server, tls_variant, chosen
+        finally:
+            for config in chosen:
+                drop_bench_database(server, database_name(config))
+
+
 def write_json(path: Path, data: Mapping[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
@@ -355,6 +389,12 @@ class Placement:
 
     def to_dict(self) -> dict[str, list[int]]:
         return {"client": sorted(self.client), "server": sorted(self.server)}
+
+    def pin_servers(self, servers: Mapping[str, Any]) -> dict[str, Any]:
+        """Move each server multipool started to the server CPUs (see
+        :func:`pin_server`); the placement as the results record it."""
+        pinned = {engine: pin_server(server, self.server) for engine, server in servers.items()}
+        return {**self.to_dict(), "servers_pinned": pinned}
 
 
 def _process_tree(pid: int) -> list[int]:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -45,16 +44,15 @@ from benchmarks.common import (
     REPO_ROOT,
     RESULTS_DIR,
     TLS_VARIANTS,
-    available_configs,
+    bench_groups,
     config_entry,
     configure_django,
-    create_bench_database,
     database_name,
-    drop_bench_database,
     machine_info,
     open_servers,
     parse_selection,
     server_info,
+    worker_env,
     write_report,
 )
 
@@ -83,12 +81,6 @@ def count_instructions(
     requests per thread (after ``warmup``), start-up and teardown included."""
     with tempfile.TemporaryDirectory(prefix="multipool-callgrind-") as tmp:
         out = Path(tmp) / "callgrind.out"
-        env = dict(os.environ)
-        env["PYTHONHASHSEED"] = str(seed)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
-        )
-        env.pop("DJANGO_SETTINGS_MODULE", None)
         setup = {
             "config": config,
             "entry": dict(entry),
@@ -111,7 +103,7 @@ def count_instructions(
             capture_output=True,
             text=True,
             cwd=str(REPO_ROOT),
-            env=env,
+            env=worker_env(PYTHONHASHSEED=str(seed)),
         )
         if proc.returncode != 0 or not out.exists():
             tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
@@ -159,53 +151,40 @@ def run(
 ) -> dict[str, Any]:
     """Count every configuration of every group; JSON-ready results."""
     groups: list[dict[str, Any]] = []
-    for engine in ENGINES:
-        server = servers.get(engine)
-        if server is None:
-            continue
-        engine_configs = [c for c in configs if c in available_configs(engine)]
+    for engine, server, tls, engine_configs in bench_groups(servers, configs, tls_variants):
+        user, mode = TLS_VARIANTS[tls]
+        counted: dict[str, dict[str, Any]] = {}
         for config in engine_configs:
-            create_bench_database(server, database_name(config))
-        try:
-            for tls in tls_variants:
-                user, mode = TLS_VARIANTS[tls]
-                counted: dict[str, dict[str, Any]] = {}
-                for config in engine_configs:
-                    entry = config_entry(
-                        config,
-                        server,
-                        user=user,
-                        tls=mode,
-                        database=database_name(config),
-                        threads=max(threads, 1),
-                    )
-                    values = [
-                        per_request(
-                            entry, config=config, requests=requests, threads=threads, seed=s
-                        )
-                        for s in range(seeds)
-                    ]
-                    mean = sum(values) / len(values)
-                    counted[config] = {
-                        "per_seed": [round(v) for v in values],
-                        "mean": round(mean),
-                    }
-                    if log is not None:
-                        print(
-                            f"[{engine}/{tls}] {config}: {mean / 1000:.1f}k instructions/request "
-                            f"(seeds: {', '.join(f'{v / 1000:.1f}k' for v in values)})",
-                            file=log,
-                            flush=True,
-                        )
-                reference = counted.get("persistent")
-                for summary in counted.values():
-                    summary["x_persistent"] = (
-                        round(summary["mean"] / reference["mean"], 4) if reference else None
-                    )
-                groups.append({"engine": engine, "tls": tls, "configs": counted})
-        finally:
-            for config in engine_configs:
-                drop_bench_database(server, database_name(config))
+            entry = config_entry(
+                config,
+                server,
+                user=user,
+                tls=mode,
+                database=database_name(config),
+                threads=max(threads, 1),
+            )
+            values = [
+                per_request(entry, config=config, requests=requests, threads=threads, seed=s)
+                for s in range(seeds)
+            ]
+            mean = sum(values) / len(values)
+            counted[config] = {
+                "per_seed": [round(v) for v in values],
+                "mean": round(mean),
+            }
+            if log is not None:
+                print(
+                    f"[{engine}/{tls}] {config}: {mean / 1000:.1f}k instructions/request "
+                    f"(seeds: {', '.join(f'{v / 1000:.1f}k' for v in values)})",
+                    file=log,
+                    flush=True,
+                )
+        reference = counted.get("persistent")
+        for summary in counted.values():
+            summary["x_persistent"] = (
+                round(summary["mean"] / reference["mean"], 4) if reference else None
+            )
+        groups.append({"engine": engine, "tls": tls, "configs": counted})
     return {
         "benchmark": "instructions",
         "parameters": {

@@ -53,19 +53,17 @@ from benchmarks.common import (
     RESULTS_DIR,
     TLS_VARIANTS,
     Placement,
-    available_configs,
+    bench_groups,
     config_entry,
     configure_django,
-    create_bench_database,
     database_name,
-    drop_bench_database,
     machine_info,
     median,
     open_servers,
     parse_selection,
-    pin_server,
     rounded,
     server_info,
+    worker_env,
     write_report,
 )
 
@@ -188,50 +186,36 @@ def run(
 ) -> dict[str, Any]:
     if REFERENCE not in configs:
         raise ValueError(f"the paired benchmark needs {REFERENCE!r} among the configurations")
-    pinned: dict[str, bool] = {}
-    if placement is not None:
-        for engine, server in servers.items():
-            pinned[engine] = pin_server(server, placement.server)
+    placed = None if placement is None else placement.pin_servers(servers)
     groups = []
-    for engine in ENGINES:
-        server = servers.get(engine)
-        if server is None:
-            continue
-        chosen = [c for c in configs if c in available_configs(engine)]
+    for engine, server, tls_variant, chosen in bench_groups(servers, configs, tls_variants):
+        user, tls = TLS_VARIANTS[tls_variant]
+        entries = {
+            c: config_entry(
+                c, server, user=user, tls=tls, database=database_name(c), threads=threads
+            )
+            for c in chosen
+        }
+        measured = _run_worker(
+            {
+                "configs": chosen,
+                "entries": entries,
+                "threads": threads,
+                "requests": requests,
+                "blocks": blocks,
+            },
+            None if placement is None else placement.client,
+        )
         for config in chosen:
-            create_bench_database(server, database_name(config))
-        try:
-            for tls_variant in tls_variants:
-                user, tls = TLS_VARIANTS[tls_variant]
-                entries = {
-                    c: config_entry(
-                        c, server, user=user, tls=tls, database=database_name(c), threads=threads
-                    )
-                    for c in chosen
-                }
-                measured = _run_worker(
-                    {
-                        "configs": chosen,
-                        "entries": entries,
-                        "threads": threads,
-                        "requests": requests,
-                        "blocks": blocks,
-                    },
-                    None if placement is None else placement.client,
-                )
-                for config in chosen:
-                    server.wait_for_connection_count(
-                        0, user=user, database=database_name(config), timeout=10
-                    )
-                groups.append({
-                    "engine": engine,
-                    "tls": tls_variant,
-                    "configs": _summarize(measured),
-                    "blocks": measured,
-                })
-        finally:
-            for config in chosen:
-                drop_bench_database(server, database_name(config))
+            server.wait_for_connection_count(
+                0, user=user, database=database_name(config), timeout=10
+            )
+        groups.append({
+            "engine": engine,
+            "tls": tls_variant,
+            "configs": _summarize(measured),
+            "blocks": measured,
+        })
     return {
         "benchmark": "paired",
         "parameters": {
@@ -239,9 +223,7 @@ def run(
             "requests_per_thread_per_block": requests,
             "blocks": blocks,
             "pool_size": threads,
-            "placement": None if placement is None else {
-                **placement.to_dict(), "servers_pinned": pinned
-            },
+            "placement": placed,
         },
         "machine": machine_info(),
         "servers": {engine: server_info(s) for engine, s in servers.items()},
@@ -250,9 +232,6 @@ def run(
 
 
 def _run_worker(setup: Mapping[str, Any], cpus: frozenset[int] | None) -> Any:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
-    env.pop("DJANGO_SETTINGS_MODULE", None)
     # The entries hold passwords: they go through the pipe, never argv.
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.paired", "--worker"],
@@ -260,7 +239,7 @@ def _run_worker(setup: Mapping[str, Any], cpus: frozenset[int] | None) -> Any:
         capture_output=True,
         text=True,
         cwd=str(REPO_ROOT),
-        env=env,
+        env=worker_env(),
         preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
         check=False,
     )

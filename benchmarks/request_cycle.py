@@ -70,11 +70,11 @@ from benchmarks.common import (
     open_servers,
     parse_selection,
     percentile,
-    pin_server,
     ratio,
     rounded,
     server_info,
     settled_sessions,
+    worker_env,
     write_report,
 )
 
@@ -108,17 +108,12 @@ class Worker:
         cpus: frozenset[int] | None = None,
     ) -> None:
         self.config = config
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
-        )
-        env.pop("DJANGO_SETTINGS_MODULE", None)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.cycle_worker"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             cwd=str(REPO_ROOT),
-            env=env,
+            env=worker_env(),
             text=True,
             # set in the child before exec, so every thread it starts inherits it
             preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
@@ -533,10 +528,7 @@ def run(
         warmup = max(5, min(100, requests // 10))
     started = time.monotonic()
     meta = machine_info()
-    pinned: dict[str, bool] = {}
-    if placement is not None:
-        for engine, server in servers.items():
-            pinned[engine] = pin_server(server, placement.server)
+    placed = None if placement is None else placement.pin_servers(servers)
     groups: list[dict[str, Any]] = []
     for engine in ENGINES:
         server = servers.get(engine)
@@ -588,9 +580,7 @@ def run(
             "max_overflow": max_overflow,
             "query": "SELECT name FROM bench_item WHERE id = %s (primary key, 1000 rows)",
             "view_us": view_us,
-            "placement": None if placement is None else {
-                **placement.to_dict(), "servers_pinned": pinned
-            },
+            "placement": placed,
         },
         "machine": meta,
         "servers": {engine: server_info(s) for engine, s in servers.items()},

@@ -216,11 +216,10 @@ def test_request_cycle_chart(tmp_path: Any) -> None:
 def test_checkout_micro_smoke(postgres_server: Any) -> None:
     """The micro-benchmark configures Django settings: it runs in a process of its own."""
     _require_compared_pools()
-    import os
     import subprocess
     import sys
 
-    from benchmarks.common import REPO_ROOT, ServerRef
+    from benchmarks.common import REPO_ROOT, ServerRef, worker_env
 
     script = (
         "import json, sys\n"
@@ -230,14 +229,11 @@ def test_checkout_micro_smoke(postgres_server: Any) -> None:
         "results = checkout_micro.run({'postgresql': server}, number=20, repeat=2)\n"
         "print(json.dumps(results))\n"
     )
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
-    env.pop("DJANGO_SETTINGS_MODULE", None)
     proc = subprocess.run(
         [sys.executable, "-c", script],
         input=json.dumps(ServerRef.of(postgres_server).to_dict()),
         cwd=REPO_ROOT,
-        env=env,
+        env=worker_env(),
         capture_output=True,
         text=True,
         timeout=300,
