@@ -274,11 +274,6 @@ class _FairGate:
         self._parked[key] = entry
         if not self._waiters:
             return True
-        return self.serve_waiters(key, entry)
-
-    def serve_waiters(self, key: int, entry: tuple[Any, float]) -> bool:
-        """After parking ``entry`` under ``key`` with waiters queued: serve
-        them; whether ``entry`` is still parked."""
         with self._lock:
             self._serve_parked()
         return self._parked.get(key) is entry
@@ -553,17 +548,12 @@ class AliasPool:
         This and :meth:`unpark` run twice per request, between the
         application's own work and the driver's, when little of the pool is
         left in the CPU's caches: each function and object they touch costs a
-        cache refill, so they touch as few as they can (the gate's ``park``
-        is inlined, the parking time travels with the parked entry).
+        cache refill, so they touch as few as they can (the parking time
+        travels with the parked entry, not in the lease's ``info``).
         """
         if self.retired or self._recycle is not None or self._pool.overflow() > 0:
             return self.checkin(lease, reset=False, park=True)
-        key = id(lease)
-        entry = (lease, time.monotonic())
-        self._parked[key] = entry
-        if not self._gate._waiters:
-            return True
-        return self._gate.serve_waiters(key, entry)
+        return self._gate.park(lease, time.monotonic())
 
     def check_every_reuse(self) -> None:
         """Poll the socket on every reuse, whatever ``poll_idle`` says (replicas)."""
