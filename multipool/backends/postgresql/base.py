@@ -70,25 +70,22 @@ class DatabaseWrapper(PooledWrapperMixin, django_postgresql.DatabaseWrapper):
         # connection. Outside a transaction, the time zone check of Django's
         # session setup, read from libpq's parameter status (no round trip).
         if is_psycopg3:
-            pgconn = connection.pgconn
-            status = pgconn.transaction_status
-            if status == _IDLE:
-                expected = self.timezone_name
-                if expected:
-                    current = pgconn.parameter_status(b"TimeZone")
-                    if current is None or current.decode() != expected:
-                        return SESSION_CHANGED
-                return IDLE
+            status = connection.pgconn.transaction_status
         elif connection.closed:
             return BROKEN
         else:
             status = connection.get_transaction_status()
-            if status == _IDLE:
-                expected = self.timezone_name
-                if expected and connection.get_parameter_status("TimeZone") != expected:
-                    return SESSION_CHANGED
-                return IDLE
-        return BROKEN if status == _UNKNOWN else IN_TRANSACTION
+        if status != _IDLE:
+            return BROKEN if status == _UNKNOWN else IN_TRANSACTION
+        expected = self.timezone_name
+        if not expected:
+            return IDLE
+        if is_psycopg3:
+            current = connection.pgconn.parameter_status(b"TimeZone")
+            changed = current is None or current.decode() != expected
+        else:
+            changed = connection.get_parameter_status("TimeZone") != expected
+        return SESSION_CHANGED if changed else IDLE
 
     def rollback_transaction(self, connection: Any) -> None:
         if not is_psycopg3 and connection.autocommit:
