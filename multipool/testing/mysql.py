@@ -141,7 +141,9 @@ class MySQLServer(TestServer):
     def connect_admin(self) -> Any:
         import MySQLdb
 
-        params = self.connect_params(self.admin_user, database="")
+        params = self.connect_params(
+            self.admin_user, database="", tls="verify-full" if self.tls else "disable"
+        )
         return MySQLdb.connect(**params, autocommit=True)
 
     # -- admin queries ------------------------------------------------------------
@@ -302,9 +304,10 @@ class LocalMariaDB:
     backend = "local"
     description = "local binaries"
 
-    def __init__(self, base: Path, *, owned: bool) -> None:
+    def __init__(self, base: Path, *, owned: bool, tls: bool = True) -> None:
         self.base = base
         self.owned = owned
+        self.tls = tls
         self.data = base / "data"
         self.socket = base / "mysqld.sock"
         self.error_log = base / "error.log"
@@ -344,10 +347,15 @@ class LocalMariaDB:
             self.mysqld, "--no-defaults", f"--datadir={self.data}", f"--port={self.port}",
             "--bind-address=127.0.0.1", f"--socket={self.socket}",
             f"--pid-file={self.base / 'mysqld.pid'}", f"--log-error={self.error_log}",
-            f"--tmpdir={self.tmpdir}", f"--ssl-ca={self.certs.ca_cert}",
-            f"--ssl-cert={self.certs.server_cert}", f"--ssl-key={self.certs.server_key}",
-            *SERVER_OPTIONS,
+            f"--tmpdir={self.tmpdir}", *SERVER_OPTIONS,
         ]
+        if self.tls:
+            args += [
+                f"--ssl-ca={self.certs.ca_cert}", f"--ssl-cert={self.certs.server_cert}",
+                f"--ssl-key={self.certs.server_key}",
+            ]
+        else:
+            args.append("--skip-ssl")
         if os.geteuid() == 0:
             args.append("--user=root")
         return args
@@ -428,13 +436,19 @@ def _drop_default_accounts(conn: Any) -> None:
             cur.execute("DROP USER %s@%s", (user, host))
 
 
-def start_local(workdir: str | os.PathLike[str] | None = None) -> MySQLServer:
-    """mariadb-install-db + mariadbd in a temporary directory, on a free 127.0.0.1 port."""
+def start_local(
+    workdir: str | os.PathLike[str] | None = None, *, tls: bool = True
+) -> MySQLServer:
+    """mariadb-install-db + mariadbd in a temporary directory, on a free 127.0.0.1 port.
+
+    ``tls=False``: a server with TLS off (``--skip-ssl``); only ``plain`` can
+    log in there (the other users require TLS).
+    """
     import MySQLdb
 
     started = time.monotonic()
     base, owned = make_workdir(workdir, "multipool-mysql-")
-    controller = LocalMariaDB(base, owned=owned)
+    controller = LocalMariaDB(base, owned=owned, tls=tls)
     try:
         os.chmod(base, 0o700)
         controller.certs = certs = generate_dev_certs(base / "certs", clients=CLIENT_CERT_USERS)
@@ -458,7 +472,7 @@ def start_local(workdir: str | os.PathLike[str] | None = None) -> MySQLServer:
         server = MySQLServer(
             host="127.0.0.1", port=controller.port, certs=certs, admin_user=ADMIN_USER,
             admin_password=admin_password, users=users, database="multipool",
-            controller=controller,
+            controller=controller, tls=tls,
         )
         server.refresh_version()
     except BaseException:

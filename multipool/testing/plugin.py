@@ -1,7 +1,8 @@
 """pytest plugin: real database servers for tests (see :mod:`multipool.testing`).
 
-Fixtures (session scope): ``postgres_server``, ``mysql_server`` and
-``postgres_replica`` (a streaming replica of ``postgres_server``). Tests using
+Fixtures (session scope): ``postgres_server``, ``mysql_server``,
+``postgres_replica`` (a streaming replica of ``postgres_server``) and
+``postgres_server_without_tls`` / ``mysql_server_without_tls`` (TLS off). Tests using
 them get the ``postgresql`` / ``mysql`` marker automatically. When a server cannot
 be started the tests needing it are skipped with the reason, or fail with it when
 ``CI=true``.
@@ -35,6 +36,8 @@ _MARKERS = {
     "postgres_server": "postgresql",
     "postgres_replica": "postgresql",
     "mysql_server": "mysql",
+    "postgres_server_without_tls": "postgresql",
+    "mysql_server_without_tls": "mysql",
 }
 
 
@@ -88,6 +91,22 @@ def postgres_server() -> Iterator[PostgresServer]:
 def mysql_server() -> Iterator[MySQLServer]:
     """A MySQL/MariaDB server with TLS (:class:`multipool.testing.MySQLServer`)."""
     yield from _server("MySQL/MariaDB", start_mysql)
+
+
+@pytest.fixture(scope="session")
+def postgres_server_without_tls() -> Iterator[PostgresServer]:
+    """A PostgreSQL server with TLS off (local binaries), for the refusal tests."""
+    from multipool.testing.postgres import start_local
+
+    yield from _server("PostgreSQL (TLS off)", lambda: start_local(tls=False))
+
+
+@pytest.fixture(scope="session")
+def mysql_server_without_tls() -> Iterator[MySQLServer]:
+    """A MariaDB server with TLS off (local binaries); only ``plain`` can log in."""
+    from multipool.testing.mysql import start_local
+
+    yield from _server("MySQL/MariaDB (TLS off)", lambda: start_local(tls=False))
 
 
 @pytest.fixture(scope="session")

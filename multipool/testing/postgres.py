@@ -46,17 +46,25 @@ APP_NAME = "multipool-testing-admin"
 PG_USER = "postgres"  # system account that runs the local server when we are root
 
 
-def pg_hba(address: str = "127.0.0.1/32") -> str:
-    """The pg_hba.conf of the test servers (``address``: ``127.0.0.1/32`` or ``all``)."""
+def pg_hba(address: str = "127.0.0.1/32", *, tls: bool = True) -> str:
+    """The pg_hba.conf of the test servers (``address``: ``127.0.0.1/32`` or ``all``).
+
+    ``tls=False``: a server without TLS, where every user logs in with a password.
+    """
     rules = [
         ("local", "all", "all", "", "trust"),
         ("local", "replication", "all", "", "trust"),
-        ("hostssl", "all", "certuser", address, "cert"),
-        ("hostssl", "all", "all", address, "scram-sha-256"),
-        ("hostnossl", "all", "plain", address, "scram-sha-256"),
-        ("hostnossl", "all", "all", address, "reject"),
-        ("hostssl", "replication", "all", address, "scram-sha-256"),
     ]
+    if tls:
+        rules += [
+            ("hostssl", "all", "certuser", address, "cert"),
+            ("hostssl", "all", "all", address, "scram-sha-256"),
+            ("hostnossl", "all", "plain", address, "scram-sha-256"),
+            ("hostnossl", "all", "all", address, "reject"),
+            ("hostssl", "replication", "all", address, "scram-sha-256"),
+        ]
+    else:
+        rules.append(("host", "all", "all", address, "scram-sha-256"))
     lines = ["# multipool test server (generated)"]
     lines += [" ".join(part for part in rule if part) for rule in rules]
     return "\n".join(lines) + "\n"
@@ -153,7 +161,11 @@ class PostgresServer(TestServer):
     def connect_admin(self) -> Any:
         import psycopg
 
-        params = self.connect_params(self.admin_user, database=self.admin_database or "postgres")
+        params = self.connect_params(
+            self.admin_user,
+            database=self.admin_database or "postgres",
+            tls="verify-full" if self.tls else "disable",
+        )
         return psycopg.connect(
             **params, autocommit=True, connect_timeout=10, application_name=APP_NAME
         )
@@ -404,25 +416,28 @@ class LocalPostgres:
                 f"{(result.stderr or result.stdout).strip()}{hint}"
             )
 
-    def configure(self, port: int, certs: CertPaths) -> None:
+    def configure(self, port: int, certs: CertPaths, *, tls: bool = True) -> None:
         settings: dict[str, str | int] = {
             "listen_addresses": "127.0.0.1",
             "port": port,
             "unix_socket_directories": str(self.socket_dir),
             "unix_socket_permissions": "0700",
-            "ssl": "on",
-            "ssl_cert_file": str(certs.server_cert),
-            "ssl_key_file": str(certs.server_key),
-            "ssl_ca_file": str(certs.ca_cert),
+            "ssl": "on" if tls else "off",
             **PERFORMANCE_SETTINGS,
         }
+        if tls:
+            settings.update(
+                ssl_cert_file=str(certs.server_cert),
+                ssl_key_file=str(certs.server_key),
+                ssl_ca_file=str(certs.ca_cert),
+            )
         text = "".join(f"{k} = {_conf_value(v)}\n" for k, v in settings.items())
         (self.data / "multipool.conf").write_text("# multipool test server\n" + text)
         conf = self.data / "postgresql.conf"
         if "include 'multipool.conf'" not in conf.read_text():
             with conf.open("a") as fh:
                 fh.write("\ninclude 'multipool.conf'\n")
-        (self.data / "pg_hba.conf").write_text(pg_hba("127.0.0.1/32"))
+        (self.data / "pg_hba.conf").write_text(pg_hba("127.0.0.1/32", tls=tls))
         self.chown(certs)
 
     def start(self) -> None:
@@ -498,8 +513,14 @@ def _system_user() -> str | None:
     return PG_USER
 
 
-def start_local(workdir: str | os.PathLike[str] | None = None) -> PostgresServer:
-    """initdb + pg_ctl in a temporary directory, on a free port of 127.0.0.1."""
+def start_local(
+    workdir: str | os.PathLike[str] | None = None, *, tls: bool = True
+) -> PostgresServer:
+    """initdb + pg_ctl in a temporary directory, on a free port of 127.0.0.1.
+
+    ``tls=False``: a server with TLS off (``ssl = off``), for tests of what a
+    client that requires TLS does when the server has none.
+    """
     import psycopg
 
     started = time.monotonic()
@@ -515,7 +536,7 @@ def start_local(workdir: str | os.PathLike[str] | None = None) -> PostgresServer
         controller.initdb()
         for attempt in range(3):
             port = free_port()
-            controller.configure(port, certs)
+            controller.configure(port, certs, tls=tls)
             try:
                 controller.start()
                 break
@@ -538,7 +559,7 @@ def start_local(workdir: str | os.PathLike[str] | None = None) -> PostgresServer
         server = PostgresServer(
             host="127.0.0.1", port=port, certs=certs, admin_user=ADMIN_USER,
             admin_password=admin_password, users=users, database="multipool",
-            admin_database="postgres", controller=controller,
+            admin_database="postgres", controller=controller, tls=tls,
         )
         server.refresh_version()
     except BaseException:

@@ -263,8 +263,11 @@ class TestServer:
         controller: Controller | None = None,
         version: str = "",
         flavor: str | None = None,
+        tls: bool = True,
     ) -> None:
         self.host = host
+        #: whether the server offers TLS (the shared test servers always do)
+        self.tls = tls
         self.port = port
         self.certs = certs
         self.admin_user = admin_user
@@ -306,7 +309,7 @@ class TestServer:
         return (
             f"multipool: {pretty.get(self.flavor, self.flavor)} "
             f"{self.version.removesuffix('-MariaDB')} "
-            f"({self.controller.description}, TLS) "
+            f"({self.controller.description}, {'TLS' if self.tls else 'TLS off'}) "
             f"{'attached' if self.backend == 'external' else 'started'} in {self.started_in:.1f}s "
             f"on {self.host}:{self.port}"
         )
