@@ -18,6 +18,7 @@ BACKEND_TESTS = [
     "tests/test_env_tls_connect.py",
     "tests/test_django_test_runner.py",
     "tests/test_psycopg2.py",
+    "tests/reliability/test_encryption_required.py",
 ]
 
 

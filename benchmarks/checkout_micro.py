@@ -193,7 +193,7 @@ def build_cases(servers: Mapping[str, Any]) -> list[Case]:
         params = wrapper.get_connection_params()
 
         def creator(wrapper: Any = wrapper, params: dict[str, Any] = params) -> Any:
-            return wrapper.connect_physical(params)
+            return wrapper.connect_physical(params, wrapper.multipool_spec())
 
         for reset in (None, "rollback"):
             pool = QueuePool(creator, pool_size=1, max_overflow=0, reset_on_return=reset)
@@ -215,7 +215,7 @@ def build_cases(servers: Mapping[str, Any]) -> list[Case]:
             mp_params = mp_wrapper.get_connection_params()
 
             def connect(wrapper: Any = mp_wrapper, params: dict[str, Any] = mp_params) -> Any:
-                return wrapper.connect_physical(params)
+                return wrapper.connect_physical(params, wrapper.multipool_spec())
 
             def checkout_checkin(pool: Any = alias_pool, connect: Any = connect) -> None:
                 lease = pool.checkout(connect)

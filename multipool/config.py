@@ -264,6 +264,17 @@ class DatabaseSpec:
             return names[field_name]
         return _default_setting(self.alias, self.vendor, canonical)
 
+    def encryption_setting(self) -> str | None:
+        """The setting that asks for an encrypted connection, or ``None`` when
+        none does (see :meth:`TLSSpec.requires_encryption`)."""
+        tls = self.tls
+        if not tls.requires_encryption(self.vendor):
+            return None
+        if tls.mode is not None:
+            return self.setting("tls_mode")
+        given = next(f for f in ("ca", "capath", "cert", "key", "ciphers") if getattr(tls, f))
+        return f"{self.setting(f'tls_{given}')} (a TLS setting without a TLS mode)"
+
     def tls_settings(self) -> dict[str, str]:
         """Setting names of the TLS fields, keyed by :class:`TLSSpec` field."""
         return {f: self.setting(f"tls_{f}") for f in _TLS_FIELD_NAMES}
@@ -516,7 +527,9 @@ ENV_KEYS: tuple[EnvKey, ...] = (
         "driver default",
         "`disable`, `allow`, `prefer`, `require`, `verify-ca`, `verify-full`; MySQL "
         "spellings (`DISABLED`, `PREFERRED`, `REQUIRED`, `VERIFY_CA`, `VERIFY_IDENTITY`, "
-        "any case) and `true`/`false` are accepted too.",
+        "any case) and `true`/`false` are accepted too. `require` and stricter mean "
+        "encrypted or refused (`EncryptionRequired`), whatever the client library does; on "
+        "MySQL, TLS files without a mode mean `require`.",
         example="verify-full",
     ),
     EnvKey(
@@ -1046,7 +1059,15 @@ def _spec_from_settings(alias: str, settings_dict: Mapping[str, Any]) -> Databas
         conn_max_age=conn_max_age,
         replica_of=replica_of,
         replicas=replicas_raw,
-        settings=names,
+        # the spelling a TLS value came in, where it is not the default one
+        settings={
+            **{
+                f"tls_{f}": n
+                for f, n in tls_found.items()
+                if n != _default_setting(alias, vendor, f"tls_{f}")
+            },
+            **names,
+        },
     )
 
 

@@ -13,6 +13,8 @@ from django.db.utils import OperationalError
 __all__ = [
     "CertificateError",
     "ConfigurationError",
+    "ConnectError",
+    "EncryptionRequired",
     "InvalidPoolSetting",
     "InvalidTLSSetting",
     "InvalidURL",
@@ -63,6 +65,34 @@ class TLSFileError(ConfigurationError):
 
 class CertificateError(ConfigurationError):
     """Certificates that parse but do not fit: key/cert mismatch, expired, wrong CA."""
+
+
+class ConnectError(MultipoolError, OperationalError):
+    """A physical connection failed or was refused for a reason the settings explain.
+
+    A subclass of Django's ``OperationalError`` (what Django raises for the
+    driver's own connect errors), so existing handlers keep working; the
+    driver's error is its ``__cause__``. ``alias``, ``setting``, ``problem``
+    and ``fix`` as in :class:`ConfigurationError`.
+    """
+
+    def __init__(self, alias: str, setting: str, problem: str, fix: str) -> None:
+        self.alias = alias
+        self.setting = setting
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"database alias '{alias}', setting {setting}: {problem}. Fix: {fix}")
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (self.alias, self.setting, self.problem, self.fix))
+
+
+class EncryptionRequired(ConnectError):
+    """The settings ask for TLS and the server did not provide it.
+
+    Raised instead of lending a plain-text connection, whatever the client
+    library would have allowed (see ``docs/tls.md``).
+    """
 
 
 class PoolTimeout(MultipoolError, OperationalError):

@@ -40,6 +40,7 @@ from typing import Any
 from multipool.errors import CertificateError, InvalidTLSSetting, TLSFileError
 
 __all__ = [
+    "ENCRYPTED_MODES",
     "MYSQL_SSL_MODES",
     "TLS_MODES",
     "TLS_OPTION_KEYS",
@@ -57,6 +58,8 @@ __all__ = [
 ]
 
 TLS_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+#: the modes in which a connection must be encrypted or not be made at all
+ENCRYPTED_MODES = ("require", "verify-ca", "verify-full")
 TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
 VENDORS = ("postgresql", "mysql", "sqlite")
 
@@ -181,6 +184,21 @@ class TLSSpec:
         return self.mode in ("verify-ca", "verify-full")
 
     @property
+    def has_material(self) -> bool:
+        """Whether any certificate, key, CA or cipher setting is given."""
+        return any(
+            getattr(self, f) is not None for f in ("ca", "capath", "cert", "key", "ciphers")
+        )
+
+    def requires_encryption(self, vendor: str) -> bool:
+        """Whether these settings ask for an encrypted connection: a mode of
+        ``require`` or stricter, or on MySQL TLS material without a mode (a
+        mysqlclient ``ssl`` dict asks for TLS)."""
+        if self.mode is not None:
+            return self.mode in ENCRYPTED_MODES
+        return vendor == "mysql" and self.has_material
+
+    @property
     def is_empty(self) -> bool:
         """No TLS setting at all (driver defaults)."""
         return all(getattr(self, f.name) is None for f in fields(self))
@@ -199,9 +217,13 @@ class TLSSpec:
 
         ``ca="system"`` becomes the system CA bundle (or directory). mysqlclient
         has no way to set a key passphrase, a CRL or a minimum TLS version;
-        :func:`check_tls_support` rejects those for MySQL.
+        :func:`check_tls_support` rejects those for MySQL. TLS material without
+        a mode asks for TLS: ``ssl_mode`` is ``REQUIRED`` then.
         """
-        return self._mysql(resolve_system=True)
+        out = self._mysql(resolve_system=True)
+        if "ssl" in out and "ssl_mode" not in out:
+            out["ssl_mode"] = MYSQL_SSL_MODES["require"]
+        return out
 
     def _mysql(self, *, resolve_system: bool) -> dict[str, Any]:
         ssl_dict: dict[str, str] = {}

@@ -206,6 +206,27 @@ def _pool_timeout() -> errors.MultipoolError:
     return caught[0]
 
 
+def _encryption_required(server: Any) -> errors.MultipoolError:
+    """A real EncryptionRequired: ``require`` against a MariaDB server with TLS off."""
+    from urllib.parse import quote
+
+    from multipool.config import databases
+    from tests.conftest import registered_alias
+
+    password = quote(server.users["plain"].password, safe="")
+    entry = databases(source={
+        "DATABASE_ALIASES": "legacy",
+        "LEGACY_DATABASE_URL": f"mysql://plain:{password}@{server.host}:{server.port}/multipool",
+        "LEGACY_DATABASE_SSLMODE": "require",
+    })["legacy"]
+    with registered_alias("legacy", entry) as conn:
+        try:
+            conn.ensure_connection()
+        except errors.EncryptionRequired as exc:
+            return exc
+    raise AssertionError("a plain-text connection was lent although TLS was required")
+
+
 def error_examples(tmp: Path) -> list[tuple[str, str]]:
     """``(what was set, error)`` of the examples in ``docs/troubleshooting.md``.
 
@@ -284,8 +305,13 @@ def error_examples(tmp: Path) -> list[tuple[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def examples(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, str]]:
-    return error_examples(tmp_path_factory.mktemp("tls"))
+def examples(
+    tmp_path_factory: pytest.TempPathFactory, mysql_server_without_tls: Any
+) -> list[tuple[str, str]]:
+    found = error_examples(tmp_path_factory.mktemp("tls"))
+    found.append(("LEGACY_DATABASE_SSLMODE=require, the MariaDB server has TLS disabled",
+                  f"EncryptionRequired: {_encryption_required(mysql_server_without_tls)}"))
+    return found
 
 
 def test_troubleshooting_covers_every_error_class(examples: list[tuple[str, str]]) -> None:
@@ -293,7 +319,7 @@ def test_troubleshooting_covers_every_error_class(examples: list[tuple[str, str]
     raised = {message.split(":", 1)[0] for _, message in examples}
     for name in errors.__all__:
         assert re.search(rf"^#+ .*`{name}`", text, re.M), f"no heading for {name}"
-        if name != "MultipoolError":  # the base class is never raised itself
+        if name not in ("MultipoolError", "ConnectError"):  # bases, never raised themselves
             assert name in raised, f"no example of {name}"
 
 

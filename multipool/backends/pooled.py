@@ -43,6 +43,7 @@ from django.db.backends.base.base import NO_DB_ALIAS
 from django.db.backends.signals import connection_created
 from django.utils.asyncio import async_unsafe
 
+from multipool.backends.diagnosis import explain_connect_error
 from multipool.config import POOL_OPTION_KEYS, spec_from_settings
 from multipool.pools import manager
 from multipool.tls import TLS_OPTION_KEYS
@@ -221,17 +222,18 @@ class PooledWrapperMixin:
     @async_unsafe
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
         spec, self._connect_spec = self._connect_spec, None
-        pool = self._pool_for_checkout(spec or self.multipool_spec())
+        spec = spec or self.multipool_spec()
+        pool = self._pool_for_checkout(spec)
         kept = self._take_back_kept()
         if kept is not None and kept[1] is not pool:
             kept[1].checkin(kept[0], reset=False)  # the settings moved on
             kept = None
         if pool is None:
-            return self.connect_physical(conn_params)
+            return self.connect_physical(conn_params, spec)
         if kept is not None:
             lease = kept[0]
         else:
-            lease = pool.checkout(lambda: self.connect_physical(conn_params))
+            lease = pool.checkout(lambda: self.connect_physical(conn_params, spec))
         self._lease = lease
         self._lease_pool = pool
         self.prepare_checkout(lease.dbapi_connection)
@@ -248,9 +250,33 @@ class PooledWrapperMixin:
         self._lease = self._lease_pool = None  # until get_new_connection() sets them
         return kept if kept[1].unpark(kept[0]) else None
 
-    def connect_physical(self, conn_params: dict[str, Any]) -> Any:
-        """Open a new physical connection: Django's own ``get_new_connection``."""
-        return super().get_new_connection(conn_params)  # type: ignore[misc]
+    def connect_physical(self, conn_params: dict[str, Any], spec: DatabaseSpec) -> Any:
+        """Open a new physical connection: Django's own ``get_new_connection``.
+
+        A driver error the settings explain becomes a
+        :class:`~multipool.errors.ConnectError`; a connection that is not
+        encrypted although the settings ask for it is closed and refused
+        (:meth:`confirm_encryption`), once per physical connection.
+        """
+        try:
+            connection = super().get_new_connection(conn_params)  # type: ignore[misc]
+        except Exception as exc:
+            explained = explain_connect_error(spec, exc)
+            if explained is None:
+                raise
+            raise explained from exc
+        if spec.encryption_setting() is not None:
+            try:
+                self.confirm_encryption(connection, spec)
+            except BaseException:
+                _close_quietly(connection)
+                raise
+        return connection
+
+    def confirm_encryption(self, connection: Any, spec: DatabaseSpec) -> None:
+        """Hook: raise :class:`~multipool.errors.EncryptionRequired` if the new
+        ``connection`` is not encrypted. Nothing to do where the driver itself
+        refuses plain text when TLS is required (libpq does)."""
 
     def prepare_checkout(self, connection: Any) -> None:
         """Hook: restore wrapper-side state Django's ``get_new_connection`` would set."""
@@ -430,6 +456,13 @@ class PooledWrapperMixin:
             cursor.fetchall()
         finally:
             cursor.close()
+
+
+def _close_quietly(connection: Any) -> None:
+    try:
+        connection.close()
+    except Exception:
+        logger.debug("multipool: error while closing a refused connection", exc_info=True)
 
 
 def abandon_inherited_connections() -> None:

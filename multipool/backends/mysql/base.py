@@ -5,13 +5,27 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db.backends.mysql import base as django_mysql
 from django.db.backends.mysql.creation import DatabaseCreation as _DjangoCreation
 
 from multipool.backends.creation import PooledCreationMixin
+from multipool.backends.diagnosis import encryption_required
 from multipool.backends.pooled import BROKEN, IDLE, IN_TRANSACTION, PooledWrapperMixin
+
+if TYPE_CHECKING:
+    from multipool.config import DatabaseSpec
+
+
+def _status(connection: Any, statement: str) -> str:
+    cursor = connection.cursor()
+    try:
+        cursor.execute(statement)
+        row = cursor.fetchone()
+    finally:
+        cursor.close()
+    return "" if row is None or row[1] is None else str(row[1])
 
 
 class DatabaseCreation(PooledCreationMixin, _DjangoCreation):
@@ -25,6 +39,19 @@ class DatabaseWrapper(PooledWrapperMixin, django_mysql.DatabaseWrapper):
     # the session, so it runs once per physical connection.
     init_once = True
     creation_class = DatabaseCreation
+
+    def confirm_encryption(self, connection: Any, spec: DatabaseSpec) -> None:
+        # mysqlclient built against MariaDB Connector/C does not enforce
+        # ssl_mode=REQUIRED (nor a bare ssl dict): a server without TLS is
+        # answered in plain text. The server's own status says whether this
+        # session is encrypted.
+        if _status(connection, "SHOW SESSION STATUS LIKE 'Ssl_cipher'"):
+            return
+        have_ssl = _status(connection, "SHOW GLOBAL VARIABLES LIKE 'have_ssl'") or "unknown"
+        raise encryption_required(
+            spec, f"the server accepted the session without TLS: Ssl_cipher is empty, "
+            f"have_ssl is {have_ssl}"
+        )
 
     def connection_is_broken(self, connection: Any) -> bool:
         return not connection.open
