@@ -64,6 +64,7 @@ __all__ = [
     "read_environment",
     "spec_from_settings",
     "thaw",
+    "unusable_entry",
     "validate_spec",
 ]
 
@@ -1006,6 +1007,8 @@ def _spec_from_settings(alias: str, settings_dict: Mapping[str, Any]) -> Databas
             "must be a dict",
             "use {'replica_of': ..., 'replicas': [...], 'settings': {...}} or remove it",
         )
+    if isinstance(meta.get("problem"), Mapping):  # recorded by databases()
+        raise problem_from_record(meta["problem"])
     names_raw = meta.get("settings") or {}
     if not isinstance(names_raw, Mapping):
         raise ConfigurationError(
@@ -1449,30 +1452,8 @@ def validate_spec(spec: DatabaseSpec, *, now: Any = None) -> list[str]:
     return found
 
 
-def read_environment(
-    *,
-    source: Any = None,
-    search_path: str | os.PathLike[str] | None = None,
-    validate: bool = True,
-    **defaults: Any,
-) -> dict[str, DatabaseSpec]:
-    """Every alias configured in the environment, as specs.
-
-    ``defaults`` are fallback values of environment keys
-    (``DATABASE_URL="sqlite:///db.sqlite3"``, ``DATABASE_POOL_SIZE=10``), used
-    when the environment does not set them.
-
-    ``source``: where values come from. Default: python-decouple's
-    ``AutoConfig`` (``os.environ``, then ``settings.ini`` or ``.env`` found
-    from ``search_path``, by default the caller's directory, upward). Also
-    accepted: a mapping (used alone, e.g. in tests), a decouple ``Config`` /
-    ``AutoConfig``, or a decouple repository (``RepositoryEnv(path)``).
-
-    With ``validate`` (default), TLS files are checked and warnings are
-    emitted as :class:`MultipoolWarning` and logged.
-    """
-    _check_default_keys(defaults)
-    env = _Env(source, os.fspath(search_path) if search_path is not None else None, defaults)
+def _aliases_from_env(env: _Env) -> tuple[list[str], dict[str, list[str]]]:
+    """The primary aliases and the replicas of each (``DATABASE_ALIASES``, ``*_REPLICAS``)."""
     aliases_var = "DATABASE_ALIASES"
     primaries = ["default", *(a for a in env.aliases(aliases_var, "default") if a != "default")]
     owners: dict[str, str] = {}
@@ -1496,39 +1477,92 @@ def read_environment(
                     "list each replica under one primary only",
                 )
             owners[replica] = primary
-    specs: dict[str, DatabaseSpec] = {}
+    return primaries, replica_lists
+
+
+def _read_all(env: _Env, *, validate: bool) -> dict[str, DatabaseSpec | ConfigurationError]:
+    """Every alias of the environment: its spec, or the error that stops it.
+
+    A replica of a primary that cannot be read shares the primary's error (it
+    would inherit the primary's settings).
+    """
+    primaries, replica_lists = _aliases_from_env(env)
+    found: dict[str, DatabaseSpec | ConfigurationError] = {}
     for primary in primaries:
         replicas_var = f"{env_prefix(primary)}REPLICAS"
-        spec, layer = _alias_from_env(
-            primary,
-            env,
-            inherited=None,
-            replica_of=None,
-            replicas=replica_lists[primary],
-            replicas_var=replicas_var,
-        )
-        specs[primary] = spec
-        for replica in replica_lists[primary]:
-            own = f"{env_prefix(replica)}REPLICAS"
-            if env.get(own) is not None:
-                raise ConfigurationError(
-                    replica,
-                    own,
-                    f"{replica!r} is a replica of {primary!r} and cannot have replicas",
-                    f"list every replica in {replicas_var}",
-                )
-            specs[replica], _ = _alias_from_env(
-                replica,
+        try:
+            spec, layer = _alias_from_env(
+                primary,
                 env,
-                inherited=layer,
-                replica_of=primary,
-                replicas=[],
+                inherited=None,
+                replica_of=None,
+                replicas=replica_lists[primary],
                 replicas_var=replicas_var,
             )
-    if validate:
-        for spec in specs.values():
-            for message in validate_spec(spec):
-                _emit(message)
+            found[primary] = _validated(spec) if validate else spec
+        except ConfigurationError as exc:
+            found[primary] = exc
+            found.update({replica: exc for replica in replica_lists[primary]})
+            continue
+        for replica in replica_lists[primary]:
+            try:
+                own = f"{env_prefix(replica)}REPLICAS"
+                if env.get(own) is not None:
+                    raise ConfigurationError(
+                        replica,
+                        own,
+                        f"{replica!r} is a replica of {primary!r} and cannot have replicas",
+                        f"list every replica in {replicas_var}",
+                    )
+                spec, _ = _alias_from_env(
+                    replica,
+                    env,
+                    inherited=layer,
+                    replica_of=primary,
+                    replicas=[],
+                    replicas_var=replicas_var,
+                )
+                found[replica] = _validated(spec) if validate else spec
+            except ConfigurationError as exc:
+                found[replica] = exc
+    return found
+
+
+def _validated(spec: DatabaseSpec) -> DatabaseSpec:
+    for message in validate_spec(spec):
+        _emit(message)
+    return spec
+
+
+def read_environment(
+    *,
+    source: Any = None,
+    search_path: str | os.PathLike[str] | None = None,
+    validate: bool = True,
+    **defaults: Any,
+) -> dict[str, DatabaseSpec]:
+    """Every alias configured in the environment, as specs; raises the first problem.
+
+    ``defaults`` are fallback values of environment keys
+    (``DATABASE_URL="sqlite:///db.sqlite3"``, ``DATABASE_POOL_SIZE=10``), used
+    when the environment does not set them.
+
+    ``source``: where values come from. Default: python-decouple's
+    ``AutoConfig`` (``os.environ``, then ``settings.ini`` or ``.env`` found
+    from ``search_path``, by default the caller's directory, upward). Also
+    accepted: a mapping (used alone, e.g. in tests), a decouple ``Config`` /
+    ``AutoConfig``, or a decouple repository (``RepositoryEnv(path)``).
+
+    With ``validate`` (default), TLS files are checked and warnings are
+    emitted as :class:`MultipoolWarning` and logged.
+    """
+    _check_default_keys(defaults)
+    env = _Env(source, os.fspath(search_path) if search_path is not None else None, defaults)
+    specs: dict[str, DatabaseSpec] = {}
+    for alias, found in _read_all(env, validate=validate).items():
+        if isinstance(found, ConfigurationError):
+            raise found
+        specs[alias] = found
     return specs
 
 
@@ -1543,6 +1577,62 @@ def databases(
 
     ``multipool.databases(DATABASE_URL="sqlite:///db.sqlite3", DATABASE_POOL_SIZE=10)``:
     keyword arguments are fallbacks for environment keys. See :func:`read_environment`.
+
+    A setting that cannot be used does not stop ``settings.py``: the alias's
+    entry carries the problem, ``manage.py check`` reports it (``multipool.E001``
+    to ``E005``, with the fix as hint) and the first use of the alias raises it
+    (a :class:`~multipool.errors.ConfigurationError`, Django's
+    ``ImproperlyConfigured``). :func:`read_environment` raises instead.
     """
-    specs = read_environment(source=source, search_path=search_path, validate=validate, **defaults)
-    return {alias: spec.to_django() for alias, spec in specs.items()}
+    _check_default_keys(defaults)
+    env = _Env(source, os.fspath(search_path) if search_path is not None else None, defaults)
+    try:
+        found = _read_all(env, validate=validate)
+    except ConfigurationError as exc:  # the list of aliases itself
+        return {"default": unusable_entry(exc, "sqlite")}
+    return {
+        alias: unusable_entry(spec, _vendor_guess(env, alias))
+        if isinstance(spec, ConfigurationError)
+        else spec.to_django()
+        for alias, spec in found.items()
+    }
+
+
+def _vendor_guess(env: _Env, alias: str) -> str:
+    """The vendor of an alias whose settings cannot be read, from its URL's scheme."""
+    url = env.get(f"{env_prefix(alias)}URL") if alias != "default" else env.get("DATABASE_URL")
+    scheme = str(url or DEFAULT_URL).split(":", 1)[0].partition("+")[0].lower()
+    return SCHEMES[scheme][0] if scheme in SCHEMES else "sqlite"
+
+
+def unusable_entry(problem: ConfigurationError, vendor: str) -> dict[str, Any]:
+    """A ``DATABASES`` entry that records ``problem``: checks report it, using it raises it."""
+    return {
+        "ENGINE": ENGINES[vendor],
+        "NAME": "",
+        "MULTIPOOL": {"problem": problem_record(problem)},
+    }
+
+
+def problem_record(problem: ConfigurationError) -> dict[str, str]:
+    return {
+        "class": type(problem).__name__,
+        "alias": problem.alias,
+        "setting": problem.setting,
+        "problem": problem.problem,
+        "fix": problem.fix,
+    }
+
+
+def problem_from_record(record: Mapping[str, Any]) -> ConfigurationError:
+    from multipool import errors
+
+    cls = getattr(errors, str(record.get("class")), ConfigurationError)
+    if not (isinstance(cls, type) and issubclass(cls, ConfigurationError)):
+        cls = ConfigurationError
+    return cls(
+        str(record.get("alias")),
+        str(record.get("setting")),
+        str(record.get("problem")),
+        str(record.get("fix")),
+    )

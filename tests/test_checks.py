@@ -376,3 +376,46 @@ def test_manage_py_check_deploy_shows_multipool_warnings() -> None:
     assert "multipool.W102" not in output  # the password came from the environment
     assert PASSWORD not in output
     assert PASSWORD.replace("@", "%40") not in output
+
+
+_BAD_SETTINGS = {
+    "environment": ("DATABASES = multipool.databases()", {"DATABASE_POOL_SIZE": "lots"},
+                    "DATABASE_POOL_SIZE"),
+    "hand-written": (
+        "DATABASES = {'default': {'ENGINE': 'multipool.backends.postgresql', 'NAME': 'app',"
+        " 'OPTIONS': {'pool_size': 'lots'}}}", {}, "DATABASES['default']['OPTIONS']['pool_size']",
+    ),
+}
+
+
+@pytest.mark.parametrize("way", sorted(_BAD_SETTINGS))
+def test_a_bad_setting_is_a_check_error_not_a_traceback(way: str, tmp_path: Path) -> None:
+    """A startproject-like project with a bad pool setting, from the environment or
+    hand-written: ``manage.py check`` reports multipool.E001 with its hint (exit 1, no
+    traceback); using the alias raises the same problem as ImproperlyConfigured."""
+    databases_line, environ, setting = _BAD_SETTINGS[way]
+    (tmp_path / "badsite.py").write_text(
+        "import multipool\n"
+        "SECRET_KEY = 'x'\n"
+        "INSTALLED_APPS = ['django.contrib.contenttypes', 'django.contrib.auth', 'multipool']\n"
+        f"{databases_line}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if "DATABASE_" not in k}
+    env.update(environ, DATABASE_URL="postgresql://app@127.0.0.1:1/app",
+               DJANGO_SETTINGS_MODULE="badsite", PYTHONPATH=str(tmp_path))
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    check = run("-m", "django", "check")
+    assert check.returncode == 1, check.stdout + check.stderr
+    assert "Traceback" not in check.stderr, check.stderr
+    assert f"(multipool.E001) 'lots' is not a whole number ({setting})" in check.stderr
+    assert "HINT: use a whole number of at least 1" in check.stderr
+    use = run("-c", "import django; django.setup(); from django.db import connection\n"
+                    "try:\n    connection.ensure_connection()\n"
+                    "except Exception as exc:\n    print(type(exc).__mro__[1:4], exc)")
+    assert use.returncode == 0, use.stderr
+    assert "InvalidPoolSetting" not in use.stderr
+    assert "ImproperlyConfigured" in use.stdout and setting in use.stdout

@@ -1314,7 +1314,7 @@ def test_pool_reset_choices(value: str, expected: str) -> None:
 
 def test_pool_reset_unknown_names_the_variable() -> None:
     with pytest.raises(InvalidPoolSetting) as info:
-        env_db({"DATABASE_URL": PG, "DATABASE_POOL_RESET": "everything"})
+        read_environment(source={"DATABASE_URL": PG, "DATABASE_POOL_RESET": "everything"})
     assert "DATABASE_POOL_RESET" in str(info.value) and "'default'" in str(info.value)
 
 
@@ -1341,7 +1341,7 @@ def test_pgbouncer_refuses_settings_that_need_session_state(
     environ: dict[str, str], variable: str
 ) -> None:
     with pytest.raises(InvalidPoolSetting) as info:
-        env_db({**environ, "DATABASE_POOLER": "pgbouncer"})
+        read_environment(source={**environ, "DATABASE_POOLER": "pgbouncer"})
     message = str(info.value)
     assert "'default'" in message and variable in message and "PgBouncer" in message
 

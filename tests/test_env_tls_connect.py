@@ -112,17 +112,20 @@ def test_client_key_with_loose_permissions_is_refused_before_connecting(server, 
     loose = tmp_path / "client.key"
     loose.write_bytes(key.read_bytes())
     loose.chmod(0o644)
-    with pytest.raises(ConfigurationError) as info:
-        entry_from_env(
-            "loosekey",
-            {
-                "LOOSEKEY_DATABASE_URL": bare_url(server, "certuser"),
-                "LOOSEKEY_DATABASE_SSLMODE": "verify-full",
-                "LOOSEKEY_DATABASE_SSLROOTCERT": str(server.certs.ca_cert),
-                "LOOSEKEY_DATABASE_SSLCERT": str(cert),
-                "LOOSEKEY_DATABASE_SSLKEY": str(loose),
-            },
-        )
+    entry = entry_from_env(
+        "loosekey",
+        {
+            "LOOSEKEY_DATABASE_URL": bare_url(server, "certuser"),
+            "LOOSEKEY_DATABASE_SSLMODE": "verify-full",
+            "LOOSEKEY_DATABASE_SSLROOTCERT": str(server.certs.ca_cert),
+            "LOOSEKEY_DATABASE_SSLCERT": str(cert),
+            "LOOSEKEY_DATABASE_SSLKEY": str(loose),
+        },
+    )
+    sessions = server.connection_count(user="certuser")
+    with registered_alias("loosekey", entry) as conn, pytest.raises(ConfigurationError) as info:
+        conn.ensure_connection()
+    assert server.connection_count(user="certuser") == sessions  # no connection was tried
     message = str(info.value)
     assert "loosekey" in message and "LOOSEKEY_DATABASE_SSLKEY" in message
     assert "BEGIN" not in message

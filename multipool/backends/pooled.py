@@ -155,8 +155,8 @@ class PooledWrapperMixin:
         return True
 
     def get_connection_params(self) -> dict[str, Any]:
+        spec = self.multipool_spec()  # first: a settings problem is the error to report
         params: dict[str, Any] = super().get_connection_params()  # type: ignore[misc]
-        spec = self.multipool_spec()
         # multipool's own OPTIONS and every TLS spelling make way for the
         # canonical driver arguments.
         for key in _own_option_keys(self.multipool_vendor).intersection(params):

@@ -21,6 +21,7 @@ from multipool.backends.pooled import (
     SESSION_CHANGED,
     PooledWrapperMixin,
 )
+from multipool.errors import ConfigurationError
 from multipool.pools import manager
 
 # libpq's PQtransactionStatus: 0 idle, 1 active, 2 in transaction, 3 in error, 4 unknown (bad).
@@ -53,7 +54,15 @@ class DatabaseWrapper(PooledWrapperMixin, django_postgresql.DatabaseWrapper):
 
     def __init__(self, settings_dict: dict[str, Any], alias: str = DEFAULT_DB_ALIAS) -> None:
         super().__init__(settings_dict, alias)
-        if alias != NO_DB_ALIAS and self.multipool_spec().pool.pooler == "pgbouncer":
+        if alias == NO_DB_ALIAS:
+            return
+        try:
+            pooler = self.multipool_spec().pool.pooler
+        except ConfigurationError:
+            # Django creates wrappers while it imports models: a settings problem is
+            # reported by the system checks and raised when the alias connects.
+            return
+        if pooler == "pgbouncer":
             # Also for hand-written entries: no server-side cursors behind PgBouncer.
             self.settings_dict["DISABLE_SERVER_SIDE_CURSORS"] = True
 
