@@ -169,13 +169,33 @@ def _router_paths(routers: Iterable[Any]) -> list[str]:
     return paths
 
 
+def only_aliases(
+    messages: list[CheckMessage], aliases: Iterable[str] | None
+) -> list[CheckMessage]:
+    """The messages about ``aliases`` (all when ``None``) and those about no alias."""
+    if aliases is None:
+        return messages
+    others = {_obj(alias) for alias in aliases}
+    return [m for m in messages if not str(m.obj).startswith("database alias") or m.obj in others]
+
+
 def check_databases(
     databases: Mapping[str, Any],
     routers: Sequence[Any] = (),
     *,
     now: Any = None,
+    aliases: Iterable[str] | None = None,
 ) -> list[CheckMessage]:
-    """The checks of a ``DATABASES`` dict (and ``DATABASE_ROUTERS``): E001-E006, W001-W005."""
+    """The checks of a ``DATABASES`` dict (and ``DATABASE_ROUTERS``): E001-E006, W001-W005.
+
+    ``aliases``: report only on these (the others still count, e.g. as replicas).
+    """
+    return only_aliases(_check_databases(databases, routers, now), aliases)
+
+
+def _check_databases(
+    databases: Mapping[str, Any], routers: Sequence[Any], now: Any
+) -> list[CheckMessage]:
     messages: list[CheckMessage] = []
     specs, errors = _specs(databases, only_multipool=True)
     messages.extend(errors)
@@ -280,7 +300,9 @@ def _password_from_environment(spec: DatabaseSpec) -> bool:
     return any(value == spec.password for value in os.environ.values())
 
 
-def check_deployment(databases: Mapping[str, Any]) -> list[CheckMessage]:
+def check_deployment(
+    databases: Mapping[str, Any], *, aliases: Iterable[str] | None = None
+) -> list[CheckMessage]:
     """The deploy checks of a ``DATABASES`` dict: W101 (weak TLS), W102 (password in settings)."""
     messages: list[CheckMessage] = []
     specs, _ = _specs(databases, only_multipool=False)
@@ -313,7 +335,7 @@ def check_deployment(databases: Mapping[str, Any]) -> list[CheckMessage]:
                     id="multipool.W102",
                 )
             )
-    return messages
+    return only_aliases(messages, aliases)
 
 
 @register("multipool")

@@ -576,15 +576,25 @@ def _message_dict(message: Any) -> dict[str, Any]:
     }
 
 
+def _not_silenced(messages: list[Any]) -> list[Any]:
+    """Without the ids in ``SILENCED_SYSTEM_CHECKS`` (Django settings), as ``manage.py check``."""
+    from django.conf import settings
+
+    silenced = set(getattr(settings, "SILENCED_SYSTEM_CHECKS", ()) or ())
+    return [m for m in messages if m.id not in silenced]
+
+
 def cmd_check(args: argparse.Namespace, masker: Masker) -> int:
     from multipool.checks import check_databases, check_deployment
 
     source = load_source(masker)
     databases = _select(source, args.alias)
     _ensure_settings()
-    messages = check_databases(databases, source.routers)
+    # every alias counts (a replica names its primary); only the selected are reported
+    messages = check_databases(source.databases, source.routers, aliases=databases)
     if args.deploy:
-        messages += check_deployment(databases)
+        messages += check_deployment(source.databases, aliases=databases)
+    messages = _not_silenced(messages)
     fail_level = _LEVELS[args.fail_level]
     failing = [m for m in messages if m.level >= fail_level]
     probes = []

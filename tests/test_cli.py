@@ -268,6 +268,40 @@ def test_check_reports_tls_file_errors_with_exit_1(
     assert data["ok"] is False
 
 
+@pytest.mark.parametrize("alias", ["default", "replica1"])
+def test_check_one_alias_of_a_primary_with_a_replica(
+    cli: Callable[..., Result], tmp_path: Path, alias: str
+) -> None:
+    """``--alias`` reports on that alias only; its replica or primary still counts."""
+    env = {
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'p.sqlite3'}",
+        "DATABASE_REPLICAS": "replica1",
+        "REPLICA1_DATABASE_URL": f"sqlite:///{tmp_path / 'r.sqlite3'}",
+    }
+    code, out, err = cli("check", "--alias", alias, **env)
+    assert code == EXIT_OK, out + err
+    assert "no issues" in out and "E006" not in out
+
+
+def test_check_respects_silenced_system_checks(tmp_path: Path) -> None:
+    """As ``manage.py check`` does (a subprocess: the project's own settings)."""
+    (tmp_path / "silencing.py").write_text(
+        "import multipool\nSECRET_KEY = 'x'\nINSTALLED_APPS = ['multipool']\n"
+        "DATABASES = multipool.databases()\n"
+        "SILENCED_SYSTEM_CHECKS = ['multipool.W101']\n"
+    )
+    env = clean_env(
+        DATABASE_URL="postgresql://app:hunter22@db.internal/app?sslmode=require",
+        PYTHONPATH=str(tmp_path),
+    )
+    args = ("check", "--deploy", "--fail-level", "WARNING")
+    loud = run(*args, env=env, cwd=tmp_path)
+    assert loud.returncode == EXIT_PROBLEMS and "multipool.W101" in loud.stdout, loud
+    quiet = run(*args, env={**env, "DJANGO_SETTINGS_MODULE": "silencing"}, cwd=tmp_path)
+    assert quiet.returncode == EXIT_OK, quiet.stdout + quiet.stderr
+    assert "Django settings silencing" in quiet.stdout and "W101" not in quiet.stdout
+
+
 def test_check_deploy_and_fail_level(cli: Callable[..., Result]) -> None:
     env = {"DATABASE_URL": "postgresql://app:hunter22@db.internal/app?sslmode=require"}
     code, out, _ = cli("check", **env)
