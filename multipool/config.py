@@ -118,6 +118,22 @@ _POOL_FIELDS: Mapping[str, tuple[str, str]] = {
 #: the OPTIONS keys multipool consumes for its pool (a backend strips them)
 POOL_OPTION_KEYS: frozenset[str] = frozenset(_POOL_FIELDS)
 
+#: django-db-connection-pool's ``POOL_OPTIONS`` keys -> multipool's ``OPTIONS`` key
+#: (``None``: no equivalent)
+_DBCP_POOL_NAMES: Mapping[str, str | None] = {
+    "POOL_SIZE": "pool_size",
+    "MAX_OVERFLOW": "max_overflow",
+    "RECYCLE": "pool_recycle",
+    "TIMEOUT": "pool_timeout",
+    "PRE_PING": "pool_pre_ping",
+    "ECHO": None,
+}
+#: those names as they may land in ``OPTIONS``, as is or in lower case
+_OLD_POOL_NAMES: Mapping[str, str | None] = {
+    **_DBCP_POOL_NAMES,
+    **{k.lower(): v for k, v in _DBCP_POOL_NAMES.items() if k.lower() != v},
+}
+
 POOLERS = ("pgbouncer", "proxysql")
 #: what is undone when a connection comes back: the open transaction only, or the whole session
 POOL_RESETS = ("transaction", "session")
@@ -802,6 +818,8 @@ def _split_options(
                 "remove 'pool' and use pool_size / max_overflow / pool_timeout "
                 "(or the DATABASE_POOL_SIZE / DATABASE_MAX_OVERFLOW environment keys)",
             )
+        if key in _OLD_POOL_NAMES and not (key == "timeout" and vendor == "sqlite"):
+            _refuse_old_pool_name(alias, key, default_name(key))
         if key in POOL_OPTION_KEYS:
             setting = names.get(key) or default_name(key)
             pool[key] = (_parse_pool_value(alias, key, value, setting), setting)
@@ -814,6 +832,24 @@ def _split_options(
         alias, vendor, tls_options, settings=tls_names or None
     )
     return others, tls_values, found_names, pool
+
+
+def _refuse_old_pool_name(alias: str, key: str, setting: str) -> None:
+    """A django-db-connection-pool name in OPTIONS: the driver would refuse it at connect."""
+    new = _OLD_POOL_NAMES[key]
+    fix = (
+        f"rename it to {new}"
+        if new is not None
+        else "remove it (multipool has no echo: SQL is logged by Django's "
+        "django.db.backends logger)"
+    )
+    raise InvalidPoolSetting(
+        alias,
+        setting,
+        f"{key!r} is django-db-connection-pool's name for a pool setting; "
+        "the database driver would refuse it",
+        fix,
+    )
 
 
 def _check_combination(

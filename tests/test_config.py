@@ -1378,3 +1378,30 @@ def test_leftover_django_db_connection_pool_options_are_refused() -> None:
         spec_from_settings("legacy_pool", entry)
     message = str(info.value)
     assert "'legacy_pool'" in message and "POOL_OPTIONS" in message and "pool_size" in message
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [("recycle", "pool_recycle"), ("timeout", "pool_timeout"), ("pre_ping", "pool_pre_ping"),
+     ("RECYCLE", "pool_recycle"), ("POOL_SIZE", "pool_size"), ("echo", "logger")],
+)
+@pytest.mark.parametrize("vendor", ["postgresql", "mysql"])
+def test_django_db_connection_pool_names_in_options_are_refused(
+    vendor: str, old: str, new: str
+) -> None:
+    """Taken literally, "move POOL_OPTIONS into OPTIONS" gives names the driver refuses."""
+    with pytest.raises(InvalidPoolSetting) as info:
+        spec_from_settings(
+            "default", {"ENGINE": f"multipool.backends.{vendor}", "NAME": "app",
+                        "OPTIONS": {old: 5}}
+        )
+    assert info.value.setting == f"DATABASES['default']['OPTIONS'][{old!r}]"
+    assert new in info.value.fix
+
+
+def test_sqlite_timeout_option_is_sqlites_own() -> None:
+    spec = spec_from_settings(
+        "default", {"ENGINE": "multipool.backends.sqlite3", "NAME": "/tmp/x.db",
+                    "OPTIONS": {"timeout": 20}}
+    )
+    assert spec.option("timeout") == 20
