@@ -69,7 +69,17 @@ DIR_MODE = 0o700
 
 
 class CertificateExistsError(FileExistsError):
-    """Refusing to overwrite an existing key or certificate (pass ``overwrite=True``)."""
+    """Refusing to overwrite an existing key or certificate (pass ``overwrite=True``).
+
+    ``path`` is the first file found in the way.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        super().__init__(
+            f"{path} already exists; refusing to overwrite it "
+            "(delete it, choose another directory, or pass overwrite=True)"
+        )
 
 
 def _now() -> _dt.datetime:
@@ -240,10 +250,7 @@ def issue_cert(
 
 def _check_writable(path: Path, overwrite: bool) -> None:
     if not overwrite and (path.exists() or path.is_symlink()):
-        raise CertificateExistsError(
-            f"{path} already exists; refusing to overwrite it "
-            "(delete it, choose another directory, or pass overwrite=True)"
-        )
+        raise CertificateExistsError(path)
 
 
 def _write(path: Path, data: bytes, mode: int, overwrite: bool) -> None:
@@ -390,6 +397,39 @@ def generate_dev_certs(
     write_key(paths.server_key, server_key, overwrite=overwrite)
     write_cert(paths.server_cert, server_cert, overwrite=overwrite)
     for user, (cert, key) in issued.items():
+        cert_path, key_path = paths.clients[user]
+        write_key(key_path, key, overwrite=overwrite)
+        write_cert(cert_path, cert, overwrite=overwrite)
+    return paths
+
+
+def add_client_certs(
+    directory: str | os.PathLike[str],
+    clients: Iterable[str],
+    *,
+    days: int = 825,
+    overwrite: bool = False,
+    key_type: KeyType = "ec",
+) -> CertPaths:
+    """Issue client certificates from the CA of an existing bundle in ``directory``.
+
+    The CA (``ca.crt``/``ca.key``) and the server certificate stay as they are;
+    ``client-<user>.crt``/``.key`` are written per user. Raises
+    :class:`CertificateExistsError` before writing anything if one of them
+    exists, unless ``overwrite=True``; ``FileNotFoundError`` without a CA.
+    """
+    root = Path(directory)
+    for name in (CA_CERT, CA_KEY):
+        if not (root / name).is_file():
+            raise FileNotFoundError(f"{root / name} not found: no CA to sign with")
+    users = list(dict.fromkeys(clients))
+    paths = _bundle_paths(root, users)
+    for cert_path, key_path in paths.clients.values():
+        _check_writable(cert_path, overwrite)
+        _check_writable(key_path, overwrite)
+    ca = load_ca(paths.ca_cert, paths.ca_key)
+    for user in users:
+        cert, key = issue_cert(ca, user, usage="client", key_type=key_type, days=days)
         cert_path, key_path = paths.clients[user]
         write_key(key_path, key, overwrite=overwrite)
         write_cert(cert_path, cert, overwrite=overwrite)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import copy
 import io
 import json
@@ -358,19 +359,7 @@ def describe_alias(alias: str, entry: Mapping[str, Any]) -> dict[str, Any]:
             "user": spec.user,
             "password": MASK if spec.password else None,
             "pooled": pooled,
-            "pool": {
-                "enabled": spec.pool.enabled,
-                "size": spec.pool.size,
-                "max_overflow": spec.pool.max_overflow,
-                "timeout": spec.pool.timeout,
-                "recycle": spec.pool.recycle,
-                "pre_ping": spec.pool.pre_ping,
-                "ping_idle": spec.pool.ping_idle,
-                "poll_idle": spec.pool.poll_idle,
-                "overflow_idle": spec.pool.overflow_idle,
-                "lifo": spec.pool.lifo,
-                "pooler": spec.pool.pooler,
-            },
+            "pool": dataclasses.asdict(spec.pool),
             "conn_max_age": spec.conn_max_age,
             "tls": None
             if spec.vendor == "sqlite"
@@ -380,6 +369,7 @@ def describe_alias(alias: str, entry: Mapping[str, Any]) -> dict[str, Any]:
                 "ca": _shown_path(tls.ca, spec.setting("tls_ca")),
                 "client_cert": tls.cert is not None,
                 "cert": _shown_path(tls.cert, spec.setting("tls_cert")),
+                "key": _shown_path(tls.key, spec.setting("tls_key")),
                 "key_encrypted": bool(tls.key_password),
                 "min_version": tls.min_version,
                 "crl": tls.crl is not None,
@@ -673,8 +663,12 @@ def cmd_certs_init(args: argparse.Namespace, masker: Masker) -> int:
             key_type=args.key_type,
         )
     except CertificateExistsError as exc:
-        print(f"multipool: {exc}", file=sys.stderr)
-        print("multipool: nothing was written; use --force to replace the files", file=sys.stderr)
+        print(
+            f"multipool: {exc.path} already exists; nothing was written. Use --force to "
+            "replace every file of the bundle (a new CA), or `multipool certs client "
+            f"{directory} USER` to add a client certificate signed by the existing CA",
+            file=sys.stderr,
+        )
         return EXIT_PROBLEMS
     except (NotADirectoryError, ValueError) as exc:
         raise UsageError(str(exc)) from None
@@ -718,9 +712,41 @@ def cmd_certs_init(args: argparse.Namespace, masker: Masker) -> int:
     print(f"  DATABASE_SSLMODE=verify-full\n  DATABASE_SSLROOTCERT={paths.ca_cert}")
     if first is not None:
         cert, key = first[1]
-        print(f"  DATABASE_SSLCERT={cert}   # client certificate login ({first[0]})")
+        print(f"  # client certificate login ({first[0]})")
+        print(f"  DATABASE_SSLCERT={cert}")
         print(f"  DATABASE_SSLKEY={key}")
     print("For development only: the keys are not encrypted.")
+    return EXIT_OK
+
+
+def cmd_certs_client(args: argparse.Namespace, masker: Masker) -> int:
+    from multipool.certs import CertificateExistsError, add_client_certs
+
+    if args.days < 1:
+        raise UsageError("--days must be at least 1")
+    try:
+        paths = add_client_certs(
+            args.directory, args.user, days=args.days, overwrite=args.force,
+            key_type=args.key_type,
+        )
+    except CertificateExistsError as exc:
+        print(
+            f"multipool: {exc.path} already exists; nothing was written (--force replaces it)",
+            file=sys.stderr,
+        )
+        return EXIT_PROBLEMS
+    except (FileNotFoundError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    files = []
+    for user, (cert, key) in paths.clients.items():
+        files.append((str(cert), f"client certificate for user {user!r}", "0644"))
+        files.append((str(key), f"client private key for user {user!r}", "0600"))
+    if args.json:
+        _print_json({"directory": str(paths.directory),
+                     "files": [{"path": p, "what": w, "mode": m} for p, w, m in files]})
+        return EXIT_OK
+    print(f"issued by {paths.ca_cert}, valid {args.days} days:")
+    print(render_table(["FILE", "MODE", "WHAT"], [[p, m, w] for p, w, m in files], indent="  "))
     return EXIT_OK
 
 
@@ -1501,6 +1527,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="USER",
         help="client certificate for this database user (repeatable; default certuser)",
     )
+    p.add_argument("--days", type=int, default=825, help="validity in days (default 825)")
+    p.add_argument("--key-type", choices=["ec", "rsa"], default="ec", help="default ec")
+    p.add_argument("--force", action="store_true", help="overwrite existing files")
+    json_flag(p)
+    p = certs_sub.add_parser(
+        "client",
+        help="Add client certificates signed by an existing CA.",
+        description="Issue client certificates (client-USER.crt/.key) signed by the CA "
+        "in DIRECTORY (ca.crt/ca.key, from certs init); nothing else changes. Existing "
+        "files are never overwritten without --force.",
+        epilog=_EPILOG,
+    )
+    p.set_defaults(handler=cmd_certs_client)
+    p.add_argument("directory", help="the bundle's directory (with ca.crt and ca.key)")
+    p.add_argument("user", nargs="+", help="database user (one certificate each)")
     p.add_argument("--days", type=int, default=825, help="validity in days (default 825)")
     p.add_argument("--key-type", choices=["ec", "rsa"], default="ec", help="default ec")
     p.add_argument("--force", action="store_true", help="overwrite existing files")

@@ -99,6 +99,12 @@ SCHEMES: Mapping[str, tuple[str, frozenset[str]]] = {
     "sqlite": ("sqlite", frozenset({"", "pysqlite"})),
 }
 
+
+def scheme_names() -> list[str]:
+    """Every accepted URL scheme: ``scheme`` or ``scheme+driver``."""
+    return [f"{s}+{d}" if d else s for s, (_, ds) in SCHEMES.items() for d in sorted(ds)]
+
+
 # OPTIONS key -> (PoolSpec attribute, kind)
 _POOL_FIELDS: Mapping[str, tuple[str, str]] = {
     "pool_enabled": ("enabled", "bool"),
@@ -411,8 +417,7 @@ ENV_KEYS: tuple[EnvKey, ...] = (
         "database URL",
         f"`{DEFAULT_URL}` for `default`; required for other aliases",
         "Where the database is: `scheme://user:password@host:port/name?option=value`. "
-        "Schemes: postgres, postgresql, postgresql+psycopg, postgresql+psycopg2, pgsql, "
-        "mysql, mysql+mysqldb, mariadb, mariadb+mysqldb, sqlite (`sqlite:///relative.db`, "
+        f"Schemes: {', '.join(scheme_names())} (`sqlite:///relative.db`, "
         "`sqlite:////absolute/path.db`). Percent-encode special characters of the "
         "password. Query options go to the driver (`connect_timeout`, `application_name`, "
         "`charset`, ...); TLS options in either libpq or MySQL spelling and the pool keys "
@@ -695,6 +700,15 @@ def _as_float(alias: str, setting: str, value: Any, fix: str) -> float:
     return number
 
 
+def _pool_switch(size_setting: str) -> str:
+    """The name of the pool on/off setting next to the pool size setting ``size_setting``."""
+    if size_setting.endswith("_POOL_SIZE"):
+        return size_setting.removesuffix("_SIZE")  # DATABASE_POOL_SIZE -> DATABASE_POOL
+    if size_setting.endswith("['pool_size']"):
+        return size_setting.removesuffix("['pool_size']") + "['pool_enabled']"
+    return "pool_enabled"
+
+
 def _parse_pool_value(alias: str, key: str, value: Any, setting: str) -> Any:
     """One pool setting (OPTIONS key ``key``) from text or a Python value."""
     kind = _POOL_FIELDS[key][1]
@@ -706,8 +720,8 @@ def _parse_pool_value(alias: str, key: str, value: Any, setting: str) -> Any:
             setting,
             value,
             1,
-            "use a whole number of at least 1 (to turn pooling off, set the pool "
-            "switch to false instead)",
+            "use a whole number of at least 1 (to turn pooling off, set "
+            f"{_pool_switch(setting)} to false instead)",
         )
     if kind == "count":
         return _as_int(alias, setting, value, 0, "use a whole number of at least 0")
@@ -1211,14 +1225,11 @@ def _parse_url(alias: str, setting: str, url: Any) -> _URLParts:
     scheme, _, driver = parsed.drivername.partition("+")
     entry = SCHEMES.get(scheme.lower())
     if entry is None or driver.lower() not in entry[1]:
-        supported = ", ".join(
-            f"{s}+{d}" if d else s for s, (_, ds) in SCHEMES.items() for d in sorted(ds)
-        )
         raise UnknownScheme(
             alias,
             setting,
             f"unsupported URL scheme {_short(parsed.drivername)}",
-            f"use one of {supported}",
+            f"use one of {', '.join(scheme_names())}",
         )
     vendor = entry[0]
     _check_url_parts(alias, setting, vendor, url, parsed, query)

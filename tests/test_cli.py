@@ -221,6 +221,11 @@ def test_config_shows_every_alias_without_password(cli: Callable[..., Result], s
     assert default["port"] == server.port
     assert default["engine"] == f"multipool.backends.{server.engine.replace('sqlite', 'sqlite3')}"
     assert default["pool"]["size"] == 7
+    # every pool setting, under PoolSpec's names
+    from multipool.config import PoolSpec
+
+    assert set(default["pool"]) == set(PoolSpec.__dataclass_fields__)
+    assert default["pool"]["reset"] == "transaction"
     assert default["pool"]["poll_idle"] == 0.5
     assert default["pool"]["overflow_idle"] == 30.0
     assert default["tls"]["mode"] == "verify-full"
@@ -455,7 +460,8 @@ def test_certs_init_creates_and_never_overwrites_silently(
 
     code, out, err = cli("certs", "init")
     assert code == EXIT_PROBLEMS
-    assert "--force" in err
+    assert "--force" in err and "multipool certs client certs USER" in err
+    assert "overwrite=True" not in err  # the Python argument is not the CLI's way
     assert {n: (directory / n).read_bytes() for n in names} == before
 
     code, out, err = cli("certs", "init", "--force", "--client", "app", "--json")
@@ -469,6 +475,40 @@ def test_certs_init_creates_and_never_overwrites_silently(
     code, out, _ = cli("certs", "init", str(tmp_path / "other"), "--days", "30")
     assert code == EXIT_OK
     assert (tmp_path / "other" / "ca.crt").exists()
+
+
+def test_certs_client_adds_a_client_certificate_to_an_existing_ca(
+    cli: Callable[..., Result], tmp_path: Path
+) -> None:
+    from cryptography import x509
+
+    code, _, err = cli("certs", "init", "--client", "app")
+    assert code == EXIT_OK, err
+    directory = tmp_path / "certs"
+    before = {p.name: p.read_bytes() for p in directory.iterdir()}
+    code, out, err = cli("certs", "client", "certs", "bob", "carol")
+    assert code == EXIT_OK, err
+    after = {p.name: p.read_bytes() for p in directory.iterdir()}
+    assert set(after) - set(before) == {
+        "client-bob.crt", "client-bob.key", "client-carol.crt", "client-carol.key"
+    }
+    assert all(after[name] == data for name, data in before.items())  # nothing else changed
+    ca = x509.load_pem_x509_certificate(before["ca.crt"])
+    bob = x509.load_pem_x509_certificate(after["client-bob.crt"])
+    bob.verify_directly_issued_by(ca)
+    assert bob.subject.rfc4514_string() == "CN=bob"
+    assert (directory / "client-bob.key").stat().st_mode & 0o777 == 0o600
+    assert_no_secrets(out + err)
+
+    code, _, err = cli("certs", "client", "certs", "bob")
+    assert code == EXIT_PROBLEMS and "--force" in err
+    assert (directory / "client-bob.crt").read_bytes() == after["client-bob.crt"]
+    code, _, err = cli("certs", "client", "certs", "bob", "--force")
+    assert code == EXIT_OK, err
+    assert (directory / "client-bob.crt").read_bytes() != after["client-bob.crt"]
+
+    code, _, err = cli("certs", "client", str(tmp_path / "empty"), "bob")
+    assert code == EXIT_USAGE and "no CA to sign with" in err
 
 
 # -- budget -----------------------------------------------------------------------------------
@@ -665,3 +705,21 @@ def test_status_subcommand_and_connect_option(cli: Callable[..., Result], used_a
     out_buffer = io.StringIO()
     call_command("multipool_status", "--connect", stdout=out_buffer)
     assert "default" in out_buffer.getvalue()
+
+
+def test_config_shows_pem_text_by_its_variable(
+    cli: Callable[..., Result], postgres_server: Any
+) -> None:
+    """PEM text given in a variable is shown as ``(PEM text from VAR)``, never the text."""
+    cert, key = postgres_server.certs.client("certuser")
+    env = {
+        "DATABASE_URL": postgres_server.url("certuser", client_cert=False),
+        "DATABASE_SSLCERT": cert.read_text(),
+        "DATABASE_SSLKEY": key.read_text(),
+    }
+    code, out, err = cli("config", "--json", **env)
+    assert code == EXIT_OK, err
+    tls = json.loads(out)["aliases"][0]["tls"]
+    assert tls["cert"] == "(PEM text from DATABASE_SSLCERT)"
+    assert tls["key"] == "(PEM text from DATABASE_SSLKEY)"
+    assert "PRIVATE KEY" not in out + err
