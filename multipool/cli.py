@@ -756,6 +756,25 @@ _DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306}
 _POOLER_FOR = {"postgresql": "PgBouncer", "mysql": "ProxySQL"}
 
 
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+
+
+def server_host(host: str | None) -> str:
+    """One name per server for the budget: every spelling of this machine (no host,
+    a Unix socket, localhost, 127.0.0.1, ::1) is ``localhost``; addresses are
+    normalized, names lower-cased. (Two names of one remote server still count
+    twice: nothing short of asking the servers tells them apart.)"""
+    import ipaddress
+
+    if not host or host.startswith("/") or host.lower() in _LOOPBACK_NAMES:
+        return "localhost"
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return host.lower()
+    return "localhost" if address.is_loopback else str(address)
+
+
 def server_connection_limit(conn: Any) -> dict[str, int]:
     """The connections an application can open on this server, read from the server."""
     if conn.vendor == "postgresql":
@@ -801,9 +820,8 @@ def cmd_budget(args: argparse.Namespace, masker: Masker) -> int:
             continue
         pooled = _is_multipool(entry) and spec.pool.enabled
         per_process = spec.pool.size + spec.pool.max_overflow if pooled else args.threads
-        host = spec.host or "localhost"
         port = spec.port or _DEFAULT_PORTS.get(spec.vendor)
-        server = f"{spec.vendor}://{host}:{port}"
+        server = f"{spec.vendor}://{server_host(spec.host)}:{port}"
         groups.setdefault(server, []).append(
             {
                 "alias": alias,

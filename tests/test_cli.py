@@ -559,6 +559,25 @@ def test_budget_against_a_given_limit(cli: Callable[..., Result]) -> None:
     assert_no_secrets(out + err, "hunter22")
 
 
+def test_budget_counts_every_spelling_of_this_machine_as_one_server(
+    cli: Callable[..., Result],
+) -> None:
+    env = {
+        "DATABASE_URL": "postgresql://app@localhost:5432/app",
+        "DATABASE_ALIASES": "other,third,remote",
+        "OTHER_DATABASE_URL": "postgresql://app@127.0.0.1:5432/app",
+        "THIRD_DATABASE_URL": "postgresql://app@[::1]:5432/app",
+        "REMOTE_DATABASE_URL": "postgresql://app@DB.internal:5432/app",
+    }
+    code, out, err = cli("budget", "--workers", "1", "--hosts", "1", "--json", **env)
+    assert code == EXIT_OK, err
+    servers = {s["server"]: s["aliases"] for s in json.loads(out)["servers"]}
+    assert servers == {
+        "postgresql://localhost:5432": ["default", "other", "third"],
+        "postgresql://db.internal:5432": ["remote"],
+    }
+
+
 def test_budget_skips_sqlite_and_counts_threads_when_unpooled(
     cli: Callable[..., Result],
 ) -> None:
