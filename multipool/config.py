@@ -810,6 +810,7 @@ def _split_options(
     options: Mapping[str, Any],
     names: Mapping[str, str],
     default_name: Callable[[str], str],
+    base_dir: str | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, str], dict[str, tuple[Any, str]]]:
     """OPTIONS -> (other options, TLS values, TLS setting names, pool values)."""
     others: dict[str, Any] = {}
@@ -843,7 +844,7 @@ def _split_options(
             others[key] = value
     tls_names = {f: names[f"tls_{f}"] for f in _TLS_FIELD_NAMES if f"tls_{f}" in names}
     tls_values, found_names = tls_fields_from_options(
-        alias, vendor, tls_options, settings=tls_names or None
+        alias, vendor, tls_options, settings=tls_names or None, base_dir=base_dir
     )
     return others, tls_values, found_names, pool
 
@@ -1263,17 +1264,59 @@ def _parse_url(alias: str, setting: str, url: Any) -> _URLParts:
 # -- the environment -------------------------------------------------------------------
 
 
-class _Env:
-    """Raw values: the source (decouple by default), then the keyword defaults."""
+#: the files python-decouple's ``AutoConfig`` reads, in its order of preference
+_SETTINGS_FILES = ("settings.ini", ".env")
 
-    def __init__(self, source: Any, search_path: str | None, defaults: Mapping[str, Any]):
+
+def find_settings_file(start: str) -> str | None:
+    """The ``settings.ini`` or ``.env`` python-decouple's ``AutoConfig`` would read:
+    the first found in ``start`` or a parent directory (the root excluded, as there)."""
+    path = os.path.abspath(start)
+    root = os.path.normcase(os.path.abspath(os.sep))
+    while path and os.path.normcase(path) != root:
+        for name in _SETTINGS_FILES:
+            candidate = os.path.join(path, name)
+            if os.path.isfile(candidate):
+                return candidate
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return None
+
+
+class _Env:
+    """Raw values: the source (decouple by default), then the keyword defaults.
+
+    ``base_dir``: what relative paths (a SQLite file, certificate files) are
+    relative to -- the ``base_dir`` given, else the directory of the ``.env`` /
+    ``settings.ini`` in use, else where it was looked for; never the current
+    directory, so that ``manage.py`` finds the same files from anywhere.
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        search_path: str | None,
+        defaults: Mapping[str, Any],
+        base_dir: str | None = None,
+    ):
         self.defaults = defaults
         self._get: Callable[[str], Any]
+        self.file: str | None = None
+        self.base_dir = base_dir or search_path or os.getcwd()
         if source is None:
-            from decouple import AutoConfig
+            from decouple import Config, RepositoryEmpty, RepositoryEnv, RepositoryIni
 
-            config = AutoConfig(search_path=search_path or _caller_dir())
+            start = search_path or _caller_dir()
+            self.file = find_settings_file(start)
+            repository: Any = RepositoryEmpty()
+            if self.file is not None:
+                kind = RepositoryIni if self.file.endswith(".ini") else RepositoryEnv
+                repository = kind(self.file)
+            config = Config(repository)
             self._get = lambda key: config(key, default=None)
+            self.base_dir = base_dir or (os.path.dirname(self.file) if self.file else start)
         elif isinstance(source, Mapping):
             self._get = source.get
         elif callable(source):  # a decouple Config / AutoConfig
@@ -1405,7 +1448,9 @@ def _alias_from_env(
         host = socket[-1] if isinstance(socket, tuple) else socket
     url_names = {**{k: url_var for k in POOL_OPTION_KEYS}}
     url_names.update({f"tls_{f}": url_var for f in _TLS_FIELD_NAMES})
-    others, q_tls, _, q_pool = _split_options(alias, vendor, query, url_names, lambda k: url_var)
+    others, q_tls, _, q_pool = _split_options(
+        alias, vendor, query, url_names, lambda k: url_var, env.base_dir
+    )
     others = {k: _option_value(v) for k, v in others.items()}
     if vendor == "postgresql" and not parts.name and not others.get("service"):
         # (Hand-written entries may leave NAME empty: Django's maintenance connection does.)
@@ -1416,6 +1461,9 @@ def _alias_from_env(
             "put the database name in the URL path (postgresql://host/NAME), or add ?service=NAME",
         )
 
+    name = parts.name
+    if vendor == "sqlite" and name != ":memory:" and not name.startswith("file:"):
+        name = os.path.join(env.base_dir, os.path.expanduser(name))
     layer = inherited.copy() if inherited is not None else _Layer()
 
     def apply(key: EnvKey, var: str, raw: Any) -> None:
@@ -1425,7 +1473,7 @@ def _alias_from_env(
             tls_field = key.field[4:]
             if vendor == "sqlite":
                 check_tls_support(alias, vendor, TLSSpec(mode="require"), settings={"mode": var})
-            value = normalize_tls_field(alias, tls_field, raw, var)
+            value = normalize_tls_field(alias, tls_field, raw, var, base_dir=env.base_dir)
             if value is not None:
                 layer.tls[tls_field] = (value, var)
         elif key.field == "conn_max_age":
@@ -1464,7 +1512,7 @@ def _alias_from_env(
     spec = _make_spec(
         alias=alias,
         vendor=vendor,
-        name=parts.name,
+        name=name,
         user=parts.user,
         password=parts.password,
         host=host,
@@ -1585,6 +1633,7 @@ def read_environment(
     *,
     source: Any = None,
     search_path: str | os.PathLike[str] | None = None,
+    base_dir: str | os.PathLike[str] | None = None,
     validate: bool = True,
     **defaults: Any,
 ) -> dict[str, DatabaseSpec]:
@@ -1600,11 +1649,21 @@ def read_environment(
     accepted: a mapping (used alone, e.g. in tests), a decouple ``Config`` /
     ``AutoConfig``, or a decouple repository (``RepositoryEnv(path)``).
 
+    ``base_dir``: what relative paths (a SQLite file, certificate files) are
+    relative to. Default: the directory of the ``.env`` / ``settings.ini`` in
+    use, else ``search_path`` (the caller's directory); with an explicit
+    ``source``, ``search_path`` or the current directory.
+
     With ``validate`` (default), TLS files are checked and warnings are
     emitted as :class:`MultipoolWarning` and logged.
     """
     _check_default_keys(defaults)
-    env = _Env(source, os.fspath(search_path) if search_path is not None else None, defaults)
+    env = _Env(
+        source,
+        os.fspath(search_path) if search_path is not None else None,
+        defaults,
+        os.fspath(base_dir) if base_dir is not None else None,
+    )
     specs: dict[str, DatabaseSpec] = {}
     for alias, found in _read_all(env, validate=validate).items():
         if isinstance(found, ConfigurationError):
@@ -1617,6 +1676,7 @@ def databases(
     *,
     source: Any = None,
     search_path: str | os.PathLike[str] | None = None,
+    base_dir: str | os.PathLike[str] | None = None,
     validate: bool = True,
     **defaults: Any,
 ) -> dict[str, dict[str, Any]]:
@@ -1632,7 +1692,12 @@ def databases(
     ``ImproperlyConfigured``). :func:`read_environment` raises instead.
     """
     _check_default_keys(defaults)
-    env = _Env(source, os.fspath(search_path) if search_path is not None else None, defaults)
+    env = _Env(
+        source,
+        os.fspath(search_path) if search_path is not None else None,
+        defaults,
+        os.fspath(base_dir) if base_dir is not None else None,
+    )
     try:
         found = _read_all(env, validate=validate)
     except ConfigurationError as exc:  # the list of aliases itself

@@ -385,12 +385,15 @@ def _show_path(path: str) -> str:
     return repr(path)
 
 
-def normalize_tls_field(alias: str, field_name: str, value: Any, setting: str) -> Any:
+def normalize_tls_field(
+    alias: str, field_name: str, value: Any, setting: str, *, base_dir: str | None = None
+) -> Any:
     """One TLS value, normalized: ``None`` when unset.
 
     ``field_name`` is a :class:`TLSSpec` field. Modes and versions accept every
-    spelling; file fields accept a path (made absolute) or PEM text (written to a
-    private file); ``ca`` also accepts ``system``.
+    spelling; file fields accept a path (made absolute: relative to ``base_dir``,
+    by default the current directory) or PEM text (written to a private file);
+    ``ca`` also accepts ``system``.
     """
     if value is None:
         return None
@@ -487,7 +490,7 @@ def normalize_tls_field(alias: str, field_name: str, value: Any, setting: str) -
                     f"cannot write the PEM text to a private file ({exc.strerror})",
                     "make the temporary directory writable (TMPDIR), or give a file path",
                 ) from None
-        path = os.path.abspath(os.path.expanduser(text))
+        path = os.path.abspath(os.path.join(base_dir or "", os.path.expanduser(text)))
         if _BASE64_BODY.fullmatch(text) and not os.path.exists(path):
             # A PEM body whose -----BEGIN line was lost (a secret manager, a
             # flattened variable): never echo it, not even as a file name.
@@ -508,6 +511,7 @@ def tls_fields_from_options(
     options: Mapping[str, Any],
     *,
     settings: Mapping[str, str] | None = None,
+    base_dir: str | None = None,
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """The TLS values found in ``options`` (normalized) and the setting each came from.
 
@@ -521,7 +525,7 @@ def tls_fields_from_options(
         name = default_name
         if settings:
             name = settings.get(field_name) or settings.get(f"tls_{field_name}") or name
-        normalized = normalize_tls_field(alias, field_name, value, name)
+        normalized = normalize_tls_field(alias, field_name, value, name, base_dir=base_dir)
         if normalized is None:
             return
         if field_name in found and found[field_name][0] != normalized:

@@ -628,7 +628,7 @@ def test_demo_with_nothing_configured(tmp_path: Path) -> None:
     output = result.stdout + result.stderr
     assert result.returncode == EXIT_OK, output
     assert "configured by multipool" in result.stdout
-    assert "sqlite db.sqlite3" in result.stdout
+    assert f"sqlite {tmp_path / 'db.sqlite3'}" in result.stdout
     for label in ("pooled", "new connection per request", "requests/s", "connects", "latency"):
         assert label in result.stdout
     assert "final pool stats" in result.stdout

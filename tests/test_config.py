@@ -203,13 +203,15 @@ URL_CASES = [
         ),
         id="mysql-flat-ssl",
     ),
-    pytest.param("sqlite:///relative.db", entry("sqlite3", "relative.db"), id="sqlite-relative"),
+    pytest.param(
+        "sqlite:///relative.db", entry("sqlite3", "/srv/app/relative.db"), id="sqlite-relative"
+    ),
     pytest.param("sqlite:////abs/path.db", entry("sqlite3", "/abs/path.db"), id="sqlite-absolute"),
     pytest.param("sqlite://", entry("sqlite3", ":memory:"), id="sqlite-memory"),
     pytest.param("sqlite:///:memory:", entry("sqlite3", ":memory:"), id="sqlite-memory-explicit"),
     pytest.param(
         "sqlite:///app.db?timeout=20",
-        entry("sqlite3", "app.db", options={"timeout": 20}),
+        entry("sqlite3", "/srv/app/app.db", options={"timeout": 20}),
         id="sqlite-options",
     ),
 ]
@@ -217,14 +219,14 @@ URL_CASES = [
 
 @pytest.mark.parametrize(("url", "expected"), URL_CASES)
 def test_url(url: str, expected: dict[str, Any]) -> None:
-    got = env_db({"DATABASE_URL": url}, validate=False)
+    got = env_db({"DATABASE_URL": url}, validate=False, base_dir="/srv/app")
     assert without_meta(got) == expected
 
 
 def test_nothing_configured_is_embedded_sqlite() -> None:
-    dbs = databases(source={})
+    dbs = databases(source={}, base_dir="/srv/app")
     assert list(dbs) == ["default"]
-    assert without_meta(dbs["default"]) == entry("sqlite3", "db.sqlite3")
+    assert without_meta(dbs["default"]) == entry("sqlite3", "/srv/app/db.sqlite3")
     assert dbs["default"]["ENGINE"] == "multipool.backends.sqlite3"
 
 
@@ -1219,7 +1221,7 @@ def test_real_dotenv_file(clean_environ: pytest.MonkeyPatch, tmp_path: Path) -> 
     dbs = databases(search_path=project)
     assert dbs["default"]["NAME"] == "fromdotenv"
     assert dbs["default"]["OPTIONS"]["pool_size"] == 4
-    assert dbs["other"]["NAME"] == "other.db"
+    assert dbs["other"]["NAME"] == str(tmp_path / "other.db")  # next to the .env
     # os.environ wins over .env (decouple's order)
     clean_environ.setenv("DATABASE_POOL_SIZE", "6")
     assert databases(search_path=project)["default"]["OPTIONS"]["pool_size"] == 6
@@ -1240,6 +1242,35 @@ def test_dotenv_next_to_the_calling_settings_module(
     settings_file.write_text("import multipool\nDATABASES = multipool.databases()\n")
     result = runpy.run_path(str(settings_file))
     assert result["DATABASES"]["default"]["NAME"] == "found_by_caller"
+
+
+def test_relative_paths_do_not_depend_on_the_current_directory(
+    clean_environ: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A SQLite file and certificate files named relatively resolve against the
+    directory of the ``.env`` in use, else the settings module's directory (or
+    ``base_dir``), so that ``manage.py`` run from elsewhere finds the same files."""
+    project = tmp_path / "project"
+    (project / "mysite").mkdir(parents=True)
+    (project / ".env").write_text(
+        "DATABASE_URL=postgres://app@db/shop\n"
+        "DATABASE_SSLMODE=verify-full\n"
+        "DATABASE_SSLROOTCERT=certs/ca.crt\n"
+        "DATABASE_ALIASES=local\n"
+        "LOCAL_DATABASE_URL=sqlite:///data/local.db\n"
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    clean_environ.chdir(elsewhere)
+    dbs = databases(search_path=project / "mysite", validate=False)
+    assert dbs["default"]["OPTIONS"]["sslrootcert"] == str(project / "certs" / "ca.crt")
+    assert dbs["local"]["NAME"] == str(project / "data" / "local.db")
+
+    bare = tmp_path / "bare" / "mysite"
+    bare.mkdir(parents=True)
+    assert databases(search_path=bare)["default"]["NAME"] == str(bare / "db.sqlite3")
+    pinned = databases(search_path=bare, base_dir=tmp_path / "bare")
+    assert pinned["default"]["NAME"] == str(tmp_path / "bare" / "db.sqlite3")
 
 
 def test_settings_ini(clean_environ: pytest.MonkeyPatch, tmp_path: Path) -> None:
