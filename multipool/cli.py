@@ -1095,8 +1095,12 @@ def cmd_status(args: argparse.Namespace, masker: Masker) -> int:
     failures = warm_pools(settings.DATABASES) if args.connect else {}
     rows = pool_status(settings.DATABASES)
     if args.json:
-        _print_json({"pid": os.getpid(), "aliases": rows, "connect_errors": failures})
+        _print_json(
+            {"source": source.label, "pid": os.getpid(), "aliases": rows,
+             "connect_errors": failures}
+        )
     else:
+        print(f"source: {source.label}")
         print(f"pool statistics of this process (pid {os.getpid()}):")
         print(render_pool_status(rows))
         for alias, error in failures.items():
@@ -1328,11 +1332,11 @@ def cmd_demo(args: argparse.Namespace, masker: Masker) -> int:
         origin = f"Django settings {os.environ['DJANGO_SETTINGS_MODULE']}"
     show_progress = not args.no_progress and not args.json and sys.stderr.isatty()
     if not args.json:
+        print(f"source: {origin}")
         print(
             f"multipool demo: {args.requests} requests on {args.threads} threads per run; each "
             "request is request_started -> one query -> request_finished"
         )
-        print(origin)
 
     results = []
     failed = False
@@ -1412,7 +1416,7 @@ def cmd_demo(args: argparse.Namespace, masker: Masker) -> int:
             {
                 "requests": args.requests,
                 "threads": args.threads,
-                "settings": origin,
+                "source": origin,
                 "aliases": results,
                 "final_pool_stats": final,
                 "ok": not failed,

@@ -627,7 +627,7 @@ def test_demo_with_nothing_configured(tmp_path: Path) -> None:
     result = run("demo", env=clean_env(), cwd=tmp_path)
     output = result.stdout + result.stderr
     assert result.returncode == EXIT_OK, output
-    assert "configured by multipool" in result.stdout
+    assert result.stdout.startswith("source: Django configured by multipool")
     assert f"sqlite {tmp_path / 'db.sqlite3'}" in result.stdout
     for label in ("pooled", "new connection per request", "requests/s", "connects", "latency"):
         assert label in result.stdout
@@ -718,8 +718,12 @@ def test_management_command_shows_live_pool_stats(used_alias: Any) -> None:
 def test_status_subcommand_and_connect_option(cli: Callable[..., Result], used_alias: Any) -> None:
     code, out, _ = cli("status", "--json")
     assert code == EXIT_OK
-    rows = {r["alias"]: r for r in json.loads(out)["aliases"]}
+    data = json.loads(out)
+    assert data["source"] == "environment"
+    rows = {r["alias"]: r for r in data["aliases"]}
     assert rows[used_alias.alias]["state"] == "active"
+    code, out, _ = cli("status")
+    assert out.splitlines()[0] == "source: environment"
 
     out_buffer = io.StringIO()
     call_command("multipool_status", "--connect", stdout=out_buffer)
