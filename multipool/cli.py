@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import copy
+import dataclasses
 import io
 import json
 import os
