@@ -58,6 +58,7 @@ __all__ = [
     "MultipoolWarning",
     "PoolSpec",
     "databases",
+    "engine_vendor",
     "env_keys_markdown",
     "env_prefix",
     "freeze",
@@ -98,6 +99,12 @@ SCHEMES: Mapping[str, tuple[str, frozenset[str]]] = {
     "mariadb": ("mysql", frozenset({"", "mysqldb"})),
     "sqlite": ("sqlite", frozenset({"", "pysqlite"})),
 }
+
+
+def engine_vendor(engine: object) -> str | None:
+    """The vendor (``postgresql``, ``mysql``, ``sqlite``) of a ``DATABASES`` ENGINE that
+    multipool reads -- its own backends and Django's -- or ``None``."""
+    return _ENGINE_VENDORS.get(engine) if isinstance(engine, str) else None
 
 
 def scheme_names() -> list[str]:
@@ -1031,7 +1038,7 @@ def _text(alias: str, setting: str, value: Any) -> str | None:
 def _spec_from_settings(alias: str, settings_dict: Mapping[str, Any]) -> DatabaseSpec:
     base = f"DATABASES[{alias!r}]"
     engine = settings_dict.get("ENGINE")
-    vendor = _ENGINE_VENDORS.get(engine) if isinstance(engine, str) else None
+    vendor = engine_vendor(engine)
     if vendor is None:
         raise ConfigurationError(
             alias,
