@@ -9,9 +9,9 @@ each engine (TLS off: user ``plain``, so that a ping costs a plain round trip):
   ``sqlalchemy.pool.QueuePool`` over the same driver: the floor multipool
   builds on (``reset_on_return=None``, and ``"rollback"`` as SQLAlchemy's
   default);
-* ``AliasPool`` -- ``pool.checkout(connect)`` + ``pool.checkin(lease,
-  reset=False)``, and ``unpark`` + ``checkin(park=True)`` (a thread taking
-  back the connection it parked, the backend's path between two requests of
+* ``AliasPool`` -- ``pool.checkout(connect)`` + ``pool.checkin(lease)``, and
+  ``take_back`` + ``keep`` (a thread taking
+  back the connection it kept, the backend's path between two requests of
   one thread), with the pool's health policy:
   ``no ping`` (defaults: the socket is polled, no round trip), ``ping_idle=0``
   (every checkout counts as idle too long: one ``SELECT 1`` / ``ping()``) and
@@ -219,23 +219,23 @@ def build_cases(servers: Mapping[str, Any]) -> list[Case]:
 
             def checkout_checkin(pool: Any = alias_pool, connect: Any = connect) -> None:
                 lease = pool.checkout(connect)
-                pool.checkin(lease, reset=False)
+                pool.checkin(lease)
 
             cases.append(Case(engine, "AliasPool checkout+checkin", label, checkout_checkin))
 
-            if hasattr(alias_pool, "unpark"):
-                # the same thread taking back the connection it parked (Django's
-                # close() parks, the next query of the thread takes it back)
-                held: list[Any] = []
+            # the same thread taking back the connection it kept (a request's end
+            # keeps it, the next query of the thread takes it back)
+            held: list[Any] = []
 
-                def unpark_park(
-                    pool: Any = alias_pool, connect: Any = connect, held: list[Any] = held
-                ) -> None:
-                    if not (held and pool.unpark(held[0])):
-                        held[:] = [pool.checkout(connect)]
-                    pool.checkin(held[0], reset=False, park=True)
+            def take_back_keep(
+                pool: Any = alias_pool, connect: Any = connect, held: list[Any] = held
+            ) -> None:
+                if not (held and pool.take_back(held[0])):
+                    held[:] = [pool.checkout(connect)]
+                if not pool.keep(held[0]):
+                    held.clear()
 
-                cases.append(Case(engine, "AliasPool unpark+park", label, unpark_park))
+            cases.append(Case(engine, "AliasPool take_back+keep", label, take_back_keep))
 
         others = (
             [("Django native pool", "django_pool")]
@@ -378,7 +378,7 @@ def run(
             for group in (
                 "sqlalchemy QueuePool",
                 "AliasPool checkout+checkin",
-                "AliasPool unpark+park",
+                "AliasPool take_back+keep",
                 "Django cycle",
             ):
                 reference[(c.engine, group)] = median(c.samples)

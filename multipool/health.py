@@ -26,12 +26,13 @@ dictionary look-up (plus a lock only when the replica is not plainly healthy).
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from multipool import forking
 
 __all__ = [
     "DOWN",
@@ -116,11 +117,6 @@ class ReplicaHealth:
             state.probing = True
             state.probe_started = now
             return PROBE
-
-    def is_down(self, alias: str) -> bool:
-        """Whether ``alias`` is within a back-off period (no probe is handed out)."""
-        state = self._states.get(alias)
-        return state is not None and state.failures > 0
 
     def status(self, alias: str | None = None) -> dict[str, ReplicaStatus]:
         """Snapshots per replica alias known to the tracker (all when ``alias`` is None)."""
@@ -277,5 +273,4 @@ def _backoff(failures: int, initial: float, maximum: float) -> float:
 #: The process-wide tracker the router uses.
 health = ReplicaHealth()
 
-if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
-    os.register_at_fork(after_in_child=health._after_fork_in_child)
+forking.in_child_after_fork("state", health._after_fork_in_child)

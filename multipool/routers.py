@@ -256,7 +256,6 @@ def topology() -> Topology:
         return cached[2]
     built = build_topology(databases, routes)
     _topology_cache = (fingerprint, dict(routes) if isinstance(routes, Mapping) else routes, built)
-    manager.set_replicas(frozenset(a for a in built.primary_of if built.is_replica(a)))
     return built
 
 

@@ -217,7 +217,11 @@ def test_replica_streams_the_primarys_writes(postgres_server, postgres_replica):
         waited = postgres_replica.wait_for_replay(timeout=10)
         assert postgres_replica.query(f"SELECT v FROM {name}") == [("hello",)]
         assert waited < 10
-        assert postgres_replica.lag() == 0.0
+        # WAL the primary writes in the background (checkpoints, vacuum) may be
+        # received and not yet replayed for a moment: the time-based lag is then
+        # briefly above 0 although every commit so far was replayed.
+        lag = postgres_replica.lag()
+        assert lag is not None and lag < 1.0
     finally:
         postgres_server.query(f"DROP TABLE {name}")
     slots = postgres_server.query(

@@ -22,37 +22,34 @@ Per-connection setup:
 
 The request boundary: with ``CONN_MAX_AGE=0`` Django closes every connection
 at ``request_finished``. A pooled wrapper in a clean state gives its
-connection back to the pool there but keeps a claim on it
-(:meth:`PooledWrapperMixin.close_if_unusable_or_obsolete`). Between requests
+connection back to the pool there but keeps a claim on it (``Hold.KEPT``, see
+:meth:`PooledWrapperMixin.close_if_unusable_or_obsolete`). Between requests
 ``connection.connection`` is ``None``, as with stock Django; the next
-``ensure_connection()`` (any query, any ``cursor()``) takes the connection
-back, or finds it gone to another thread and connects as Django would.
-``connection`` stays a plain instance attribute: Django reads it a dozen
-times per request, and a class-level descriptor would keep CPython from
-specializing any of those reads.
+``ensure_connection()`` takes the connection back, or finds it gone to another
+thread and connects as Django would. What the wrapper holds of the pool is one
+object, :attr:`PooledWrapperMixin.pool_binding`.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import time
+import sys
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from django.db.backends.base.base import NO_DB_ALIAS
-from django.db.backends.signals import connection_created
 from django.utils.asyncio import async_unsafe
 
+from multipool import forking
+from multipool.backends.binding import Hold, PoolBinding, SessionState
 from multipool.backends.diagnosis import explain_connect_error
 from multipool.config import POOL_OPTION_KEYS, spec_from_settings
 from multipool.pools import manager
 from multipool.tls import TLS_OPTION_KEYS
 
 if TYPE_CHECKING:
-    from sqlalchemy.pool import PoolProxiedConnection
-
     from multipool.config import DatabaseSpec
-    from multipool.pools import AliasPool
+    from multipool.pools import AliasPool, Lease
 
 logger = logging.getLogger("multipool.backends")
 
@@ -60,11 +57,6 @@ _MISSING = object()
 
 #: key in a physical connection's ``info``: Django's session setup has run on it.
 SETUP_DONE = "multipool.setup_done"
-
-#: what :meth:`PooledWrapperMixin.release_state` says of a connection: clean;
-#: a transaction to roll back; unusable; no transaction, but a session
-#: setting to restore (:meth:`PooledWrapperMixin.restore_session`)
-IDLE, IN_TRANSACTION, BROKEN, SESSION_CHANGED = 0, 1, 2, 3
 
 
 @functools.cache
@@ -90,26 +82,16 @@ class PooledWrapperMixin:
         in_atomic_block: bool
         needs_rollback: bool
         autocommit: bool
-        savepoint_ids: list[str]
-        atomic_blocks: list[Any]
         run_on_commit: list[Any]
-        close_at: float | None
-        closed_in_transaction: bool
-        health_check_enabled: bool
-        health_check_done: bool
 
         connection: Any
 
-    _lease: PoolProxiedConnection | None = None
-    _lease_pool: AliasPool | None = None
-    _connect_spec: DatabaseSpec | None = None
     _spec_cache: tuple[tuple[Any, ...], DatabaseSpec] | None = None
-    # Given back by close(): the wrapper is closed; ensure_connection() takes it back.
-    _parked: tuple[PoolProxiedConnection, AliasPool] | None = None
-    # Given back at the end of a request; the wrapper keeps its state (and
-    # ``_lease``) but not ``connection``: ensure_connection() takes it back
-    # (see close_if_unusable_or_obsolete).
-    _held: tuple[PoolProxiedConnection, AliasPool] | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: what this wrapper holds of its alias's pool
+        self.pool_binding = PoolBinding()
 
     # -- configuration -----------------------------------------------------------
     def multipool_spec(self) -> DatabaseSpec:
@@ -162,9 +144,6 @@ class PooledWrapperMixin:
         for key in _own_option_keys(self.multipool_vendor).intersection(params):
             del params[key]
         params.update(spec.tls.driver_kwargs(self.multipool_vendor))
-        # Django's connect() calls get_new_connection() right after this:
-        # hand it the spec instead of computing it twice per checkout.
-        self._connect_spec = spec
         return params
 
     # -- checkout ----------------------------------------------------------------
@@ -172,83 +151,48 @@ class PooledWrapperMixin:
     def ensure_connection(self) -> None:
         if self.connection is not None:
             return  # Django's ensure_connection() does nothing more when connected
-        held = self._held
-        if held is not None:
-            # Given back at the end of the last request, in a clean state.
-            self._held = None
-            lease, pool = held
-            if pool.unpark(lease):
+        binding = self.pool_binding
+        if binding.hold is Hold.KEPT:
+            lease, pool = binding.lease, binding.pool
+            assert lease is not None and pool is not None
+            if pool.take_back(lease):
                 # Another wrapper of this alias may have used it meanwhile: it
                 # gave it back in the same clean state, on the same physical
                 # connection. Django's state on this wrapper is as it was left.
-                self.connection = lease.dbapi_connection
+                binding.hold = Hold.LENT
+                self.connection = lease.connection
                 return
-            # Another thread took it, or it failed the health check: connect.
-            self._lease = self._lease_pool = None
-        parked = self._parked
-        if parked is not None:
-            self._parked = None
-            lease, pool = parked
-            spec = self.multipool_spec()
-            if (pool.spec is spec or pool.spec == spec) and pool.unpark(lease):
-                self._resume(lease, pool)
-                return
+            binding.clear()  # another thread took it, or it failed its check
         super().ensure_connection()  # type: ignore[misc]
-
-    def _resume(self, lease: PoolProxiedConnection, pool: AliasPool) -> None:
-        """Take back this wrapper's parked connection: Django's ``connect()``
-        minus what belongs to a new physical connection (parameters, driver
-        connect, session setup already in place)."""
-        settings_dict = self.settings_dict
-        self.in_atomic_block = False
-        self.savepoint_ids = []
-        self.atomic_blocks = []
-        self.needs_rollback = False
-        self.health_check_enabled = settings_dict["CONN_HEALTH_CHECKS"]
-        max_age = settings_dict["CONN_MAX_AGE"]
-        self.close_at = None if max_age is None else time.monotonic() + max_age
-        self.closed_in_transaction = False
-        self.errors_occurred = False
-        self.health_check_done = True
-        self._lease = lease
-        self._lease_pool = pool
-        self.connection = lease.dbapi_connection
-        if self.autocommit != settings_dict["AUTOCOMMIT"]:
-            self.set_autocommit(settings_dict["AUTOCOMMIT"])  # type: ignore[attr-defined]
-        self.init_connection_state()
-        connection_created.send(sender=self.__class__, connection=self)
-        self.run_on_commit = []
 
     @async_unsafe
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
-        spec, self._connect_spec = self._connect_spec, None
-        spec = spec or self.multipool_spec()
+        spec = self.multipool_spec()
         pool = self._pool_for_checkout(spec)
-        kept = self._take_back_kept()
-        if kept is not None and kept[1] is not pool:
-            kept[1].checkin(kept[0], reset=False)  # the settings moved on
-            kept = None
+        lease = self._take_back_own(pool)
         if pool is None:
             return self.connect_physical(conn_params, spec)
-        if kept is not None:
-            lease = kept[0]
-        else:
+        if lease is None:
             lease = pool.checkout(lambda: self.connect_physical(conn_params, spec))
-        self._lease = lease
-        self._lease_pool = pool
-        self.prepare_checkout(lease.dbapi_connection)
-        return lease.dbapi_connection
+        self.pool_binding.set(Hold.LENT, lease, pool)
+        self.prepare_checkout(lease.connection)
+        return lease.connection
 
-    def _take_back_kept(self) -> tuple[PoolProxiedConnection, AliasPool] | None:
-        """The connection kept for this wrapper (held or parked), taken back,
-        or ``None``: ``connect()`` called directly reuses it instead of
-        leaving it parked for no one."""
-        kept = self._held or self._parked
-        if kept is None:
+    def _take_back_own(self, pool: AliasPool | None) -> Lease | None:
+        """The connection this wrapper gave back and kept a claim on, if it is still
+        there: ``connect()`` (after ``close()``, or called directly) goes on with it."""
+        binding = self.pool_binding
+        if binding.hold not in (Hold.KEPT, Hold.PARKED):
             return None
-        self._held = self._parked = None
-        self._lease = self._lease_pool = None  # until get_new_connection() sets them
-        return kept if kept[1].unpark(kept[0]) else None
+        lease, own_pool = binding.lease, binding.pool
+        assert lease is not None and own_pool is not None
+        binding.clear()
+        if not own_pool.take_back(lease):
+            return None
+        if own_pool is not pool:
+            own_pool.checkin(lease)  # the settings moved on
+            return None
+        return lease
 
     def connect_physical(self, conn_params: dict[str, Any], spec: DatabaseSpec) -> Any:
         """Open a new physical connection: Django's own ``get_new_connection``.
@@ -282,15 +226,16 @@ class PooledWrapperMixin:
         """Hook: restore wrapper-side state Django's ``get_new_connection`` would set."""
 
     def init_connection_state(self) -> None:
-        lease = self._lease
+        binding = self.pool_binding
+        lease, pool = binding.lease, binding.pool
         if (
             lease is not None
+            and pool is not None
             and self.init_once
             and lease.info.get(SETUP_DONE)
             # Behind a multiplexing pooler the server session may change
             # between checkouts: apply Django's setup every time.
-            and self._lease_pool is not None
-            and self._lease_pool.spec.pool.pooler is None
+            and pool.spec.pool.pooler is None
         ):
             return
         super().init_connection_state()  # type: ignore[misc]
@@ -305,131 +250,139 @@ class PooledWrapperMixin:
         the next request connects again: parameters, checkout, session setup,
         ``connection_created``. A pooled wrapper in a clean state (no
         transaction, autocommit as configured, no error) instead gives its
-        connection back to the pool *and keeps it*: if no other thread takes
-        it meanwhile, the next request of this thread goes on with it for
-        the cost of one dictionary operation, as with a persistent
-        connection. A wrapper in any other state is closed as Django would
-        close it.
+        connection back to the pool *and keeps a claim on it*: if no other
+        thread takes it meanwhile, the next request of this thread goes on with
+        it for the cost of one dictionary operation, as with a persistent
+        connection. A wrapper in any other state is closed as Django would.
         """
-        if self._held is not None:
+        binding = self.pool_binding
+        if binding.hold is Hold.KEPT:
             return  # given back at the end of the last request; nothing to check
-        lease, pool, connection = self._lease, self._lease_pool, self.connection
-        settings = self.settings_dict
-        if (
-            lease is None
-            or pool is None
-            or connection is None
-            or not pool.holds_between_requests
-            or settings["CONN_MAX_AGE"] != 0
-            or self.in_atomic_block
-            or self.errors_occurred
-            or self.needs_rollback
-            # Django's get_autocommit() minus ensure_connection(): connected here
-            or self.autocommit != settings["AUTOCOMMIT"]
-        ):
+        if not self._clean_at_request_end():
             super().close_if_unusable_or_obsolete()  # type: ignore[misc]
             return
-        state = self.release_state(connection)
-        if state != IDLE:
-            if state == BROKEN:
-                super().close_if_unusable_or_obsolete()  # type: ignore[misc]
-                return
-            try:
-                if state == IN_TRANSACTION:
-                    self.rollback_transaction(connection)
-                self.restore_session(connection)
-            except Exception:
-                logger.info(
-                    "multipool: alias %r: rollback or session restore on return failed; "
-                    "discarding",
-                    self.alias,
-                )
-                self.close()  # as Django would: the connection is discarded
-                return
+        lease, pool, connection = binding.lease, binding.pool, self.connection
+        assert lease is not None and pool is not None
+        if not self._restore_for_next_request(connection):
+            return
         if self.run_on_commit:
             self.run_on_commit = []
-        if pool.hold(lease):
-            # Kept for this wrapper's next ensure_connection(), unless another
-            # thread needs it first.
-            self._held = (lease, pool)
+        if pool.keep(lease):
+            binding.hold = Hold.KEPT  # kept for this wrapper, unless another thread needs it
         else:
-            # A waiting thread has it now: the wrapper is closed.
-            self._lease = self._lease_pool = None
+            binding.clear()  # a waiting thread has it now: the wrapper is closed
         self.connection = None
 
-    def release_state(self, connection: Any) -> int:
-        """Hook: the state of the connection at the end of a request, as cheaply
-        as the driver can tell: ``IDLE``, ``IN_TRANSACTION``, ``BROKEN`` or
-        ``SESSION_CHANGED``. Anything but ``IDLE`` at the request boundary
-        runs :meth:`restore_session` (after a rollback for ``IN_TRANSACTION``)."""
+    def _clean_at_request_end(self) -> bool:
+        """Whether the wrapper, as Django left it, may keep its connection between requests."""
+        binding = self.pool_binding
+        settings = self.settings_dict
+        return bool(
+            binding.hold is Hold.LENT
+            and self.connection is not None
+            and binding.pool is not None
+            and binding.pool.keeps_between_requests
+            and settings["CONN_MAX_AGE"] == 0
+            and not self.in_atomic_block
+            and not self.errors_occurred
+            and not self.needs_rollback
+            # Django's get_autocommit() minus ensure_connection(): connected here
+            and self.autocommit == settings["AUTOCOMMIT"]
+        )
+
+    def _restore_for_next_request(self, connection: Any) -> bool:
+        """Roll back and restore the session if needed; ``False``: the wrapper was closed."""
+        state = self.release_state(connection)
+        if state is SessionState.IDLE:
+            return True
+        if state is SessionState.BROKEN:
+            super().close_if_unusable_or_obsolete()  # type: ignore[misc]
+            return False
+        try:
+            if state is SessionState.IN_TRANSACTION:
+                self.rollback_transaction(connection)
+            self.restore_session(connection)
+        except Exception:
+            logger.info(
+                "multipool: alias %r: rollback or session restore on return failed; discarding",
+                self.alias,
+            )
+            self.close()  # as Django would: the connection is discarded
+            return False
+        return True
+
+    def release_state(self, connection: Any) -> SessionState:
+        """Hook: the state of the connection at the end of a request, as cheaply as
+        the driver can tell. Anything but ``IDLE`` at the request boundary runs
+        :meth:`restore_session` (after a rollback for ``IN_TRANSACTION``)."""
         if self.connection_is_broken(connection):
-            return BROKEN
-        return IN_TRANSACTION if self.transaction_may_be_open(connection) else IDLE
+            return SessionState.BROKEN
+        if self.transaction_may_be_open(connection):
+            return SessionState.IN_TRANSACTION
+        return SessionState.IDLE
 
     def rollback_transaction(self, connection: Any) -> None:
         """Hook: roll back the transaction open on the server, however it was opened."""
         connection.rollback()
 
     def restore_session(self, connection: Any) -> None:
-        """Hook: undo the session changes :meth:`release_state` reported
-        (``SESSION_CHANGED``) or a rolled-back transaction may have left (at
-        the end of a request the wrapper stays connected through, see
-        :meth:`close_if_unusable_or_obsolete`)."""
+        """Hook: undo the session changes :meth:`release_state` reported (``CHANGED``)
+        or a rolled-back transaction may have left."""
 
     # -- checkin -----------------------------------------------------------------
     @async_unsafe
     def close(self) -> None:
-        if self._held is not None:
-            # Given back at the end of the last request, in a clean state:
-            # close the wrapper without taking the connection back first.
-            self.validate_thread_sharing()  # type: ignore[attr-defined]
-            self.run_on_commit = []
-            self._parked, self._held = self._held, None
-            self._lease = self._lease_pool = None
-            self.connection = None
-            return
+        binding = self.pool_binding
+        if binding.hold is Hold.KEPT:
+            # Given back at the end of the last request: ``connection`` is None,
+            # so Django's close() has nothing to close; the next connect() may
+            # still take the connection back.
+            binding.hold = Hold.PARKED
         super().close()  # type: ignore[misc]
 
     def _close(self) -> None:
-        lease, pool = self._lease, self._lease_pool
-        if lease is None or pool is None:
+        binding = self.pool_binding
+        if binding.hold is not Hold.LENT:
             super()._close()  # type: ignore[misc]
             return
-        connection = self.connection
+        lease, pool = binding.lease, binding.pool
+        assert lease is not None and pool is not None
+        broken = self._clean_for_checkin(self.connection, lease, pool)
+        binding.clear()
+        # Like Django's own pool: the wrapper can no longer use this connection.
+        self.connection = None
+        if broken:
+            pool.checkin(lease, broken=True)
+        elif pool.keep(lease):
+            # Kept for this wrapper's next connect(), unless another thread
+            # needs a connection first.
+            binding.set(Hold.PARKED, lease, pool)
+
+    def _clean_for_checkin(self, connection: Any, lease: Lease, pool: AliasPool) -> bool:
+        """Roll back (and reset the session if so configured); ``True``: broken."""
         # After an error, is_usable() decides (and its probe may itself open
         # a transaction, so the state is read after it).
         if self.errors_occurred and not self.is_usable():
-            state = BROKEN
-        else:
-            state = self.release_state(connection)
-        broken = state == BROKEN
-        if state == IN_TRANSACTION:
-            try:
+            return True
+        state = self.release_state(connection)
+        if state is SessionState.BROKEN:
+            return True
+        try:
+            if state is SessionState.IN_TRANSACTION:
                 self.rollback_transaction(connection)
-            except Exception:
-                logger.info(
-                    "multipool: alias %r: rollback on return failed; discarding", self.alias
-                )
-                broken = True
-        if not broken and pool.spec.pool.reset == "session":
-            try:
+            if pool.spec.pool.reset == "session":
+                lease.info.pop(SETUP_DONE, None)  # Django's session setup must run again
                 self.reset_session(connection)
-            except Exception:
-                logger.info(
-                    "multipool: alias %r: session reset on return failed; discarding", self.alias
-                )
-                broken = True
-            lease.info.pop(SETUP_DONE, None)  # Django's session setup must run again
-        self._lease = self._lease_pool = None
-        # Like Django's own pool: the wrapper can no longer use this connection.
-        self.connection = None
-        if pool.checkin(lease, broken=broken, reset=False, park=not broken):
-            # Kept for this wrapper's next request, unless another thread
-            # needs a connection first (see ensure_connection).
-            self._parked = (lease, pool)
+        except Exception:
+            logger.info(
+                "multipool: alias %r: rollback or session reset on return failed; discarding",
+                self.alias,
+            )
+            return True
+        return False
 
     def is_usable(self) -> bool:
-        if self.connection is None and self._held is not None:
+        if self.connection is None and self.pool_binding.hold is Hold.KEPT:
             self.ensure_connection()  # between requests: check the kept connection
         return bool(super().is_usable())  # type: ignore[misc]
 
@@ -473,15 +426,18 @@ def abandon_inherited_connections() -> None:
     session). The leases are handed to the pool manager, which keeps them
     referenced and untouched; Django then opens fresh ones on first use.
     """
+    if "django.db" not in sys.modules:
+        return
     from django.db import connections
 
     for conn in connections.all(initialized_only=True):
-        # A parked connection stays with the parent's pool.
-        conn._parked = None  # type: ignore[attr-defined]
-        conn._held = None  # type: ignore[attr-defined]
-        lease = getattr(conn, "_lease", None)
-        if lease is None:
+        binding = getattr(conn, "pool_binding", None)
+        if binding is None:
             continue
-        manager.abandon((lease, conn.connection))
-        conn._lease = conn._lease_pool = None  # type: ignore[attr-defined]
-        conn.connection = None
+        if binding.hold is Hold.LENT:
+            manager.abandon((binding.lease, conn.connection))
+            conn.connection = None
+        binding.clear()  # a kept or parked connection stays with the parent's pool
+
+
+forking.in_child_after_fork("connections", abandon_inherited_connections)

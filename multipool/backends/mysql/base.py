@@ -12,7 +12,7 @@ from django.db.backends.mysql.creation import DatabaseCreation as _DjangoCreatio
 
 from multipool.backends.creation import PooledCreationMixin
 from multipool.backends.diagnosis import encryption_required
-from multipool.backends.pooled import BROKEN, IDLE, IN_TRANSACTION, PooledWrapperMixin
+from multipool.backends.pooled import PooledWrapperMixin
 
 if TYPE_CHECKING:
     from multipool.config import DatabaseSpec
@@ -54,16 +54,10 @@ class DatabaseWrapper(PooledWrapperMixin, django_mysql.DatabaseWrapper):
         )
 
     def connection_is_broken(self, connection: Any) -> bool:
-        return not connection.open
-
-    def release_state(self, connection: Any) -> int:
         # mysqlclient does not report the server's transaction state: Django's
-        # own state tells (a raw START TRANSACTION goes unnoticed, docs/pools.md).
-        if not connection.open:
-            return BROKEN
-        if self.in_atomic_block or not self.autocommit or self.needs_rollback:
-            return IN_TRANSACTION
-        return IDLE
+        # own state tells whether one is open (transaction_may_be_open; a raw
+        # START TRANSACTION goes unnoticed, docs/pools.md).
+        return not connection.open
 
     def reset_session(self, connection: Any) -> None:
         # COM_CHANGE_USER to the same account: the server resets the session

@@ -13,14 +13,9 @@ from django.db.backends.postgresql import base as django_postgresql
 from django.db.backends.postgresql.creation import DatabaseCreation as _DjangoCreation
 from django.db.backends.postgresql.psycopg_any import IsolationLevel, is_psycopg3
 
+from multipool.backends.binding import SessionState
 from multipool.backends.creation import PooledCreationMixin
-from multipool.backends.pooled import (
-    BROKEN,
-    IDLE,
-    IN_TRANSACTION,
-    SESSION_CHANGED,
-    PooledWrapperMixin,
-)
+from multipool.backends.pooled import PooledWrapperMixin
 from multipool.errors import ConfigurationError
 from multipool.pools import manager
 
@@ -74,27 +69,27 @@ class DatabaseWrapper(PooledWrapperMixin, django_postgresql.DatabaseWrapper):
             IsolationLevel.READ_COMMITTED if value is None else IsolationLevel(value)
         )
 
-    def release_state(self, connection: Any) -> int:
+    def release_state(self, connection: Any) -> SessionState:
         # One libpq call: PQtransactionStatus is UNKNOWN on a closed or broken
         # connection. Outside a transaction, the time zone check of Django's
         # session setup, read from libpq's parameter status (no round trip).
         if is_psycopg3:
             status = connection.pgconn.transaction_status
         elif connection.closed:
-            return BROKEN
+            return SessionState.BROKEN
         else:
             status = connection.get_transaction_status()
         if status != _IDLE:
-            return BROKEN if status == _UNKNOWN else IN_TRANSACTION
+            return SessionState.BROKEN if status == _UNKNOWN else SessionState.IN_TRANSACTION
         expected = self.timezone_name
         if not expected:
-            return IDLE
+            return SessionState.IDLE
         if is_psycopg3:
             current = connection.pgconn.parameter_status(b"TimeZone")
             changed = current is None or current.decode() != expected
         else:
             changed = connection.get_parameter_status("TimeZone") != expected
-        return SESSION_CHANGED if changed else IDLE
+        return SessionState.CHANGED if changed else SessionState.IDLE
 
     def rollback_transaction(self, connection: Any) -> None:
         if not is_psycopg3 and connection.autocommit:

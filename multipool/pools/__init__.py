@@ -1,0 +1,19 @@
+"""One SQLAlchemy pool per database alias, for the whole process.
+
+* :mod:`multipool.pools.manager` -- :data:`manager`, the process-wide registry:
+  one pool per alias, created lazily, replaced when the alias's spec changes,
+  rebuilt after ``fork``;
+* :mod:`multipool.pools.pool` -- :class:`AliasPool`, who gets a connection and
+  when it is checked, over a SQLAlchemy ``QueuePool``; :class:`Lease`, the
+  handle lent to a backend;
+* :mod:`multipool.pools.staleness` -- when an idle connection is checked;
+* :mod:`multipool.pools.stats` -- :class:`PoolStats`.
+
+This package knows nothing of Django's connection objects.
+"""
+
+from multipool.pools.manager import PoolManager, manager
+from multipool.pools.pool import AliasPool, Lease
+from multipool.pools.stats import PoolStats
+
+__all__ = ["AliasPool", "Lease", "PoolManager", "PoolStats", "manager"]

@@ -1,0 +1,128 @@
+"""The process-wide registry of pools: one :class:`AliasPool` per alias.
+
+``manager.pool(spec)`` is the only entry point a backend needs. A changed spec
+for an alias (Django's test runner switches ``NAME`` to ``test_...``) retires
+the old pool, closing its idle connections. After ``os.fork()`` the child
+starts with no pools and never touches the parent's sockets: the sockets of
+the parent's connections are pointed at ``/dev/null`` in the child, and the
+parent's pools are kept referenced, unclosed, so that nothing the child does
+(finalizers at exit included) reaches the parent's sessions.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from multipool import forking
+from multipool.pools.pool import AliasPool, Fileno, Pinger
+from multipool.pools.stats import PoolStats
+
+if TYPE_CHECKING:
+    from multipool.config import DatabaseSpec
+
+__all__ = ["PoolManager", "manager"]
+
+logger = logging.getLogger("multipool.pools")
+
+
+class PoolManager:
+    """Process-wide registry of pools, one per alias (see the module doc)."""
+
+    def __init__(self) -> None:
+        self._pools: dict[str, AliasPool] = {}
+        self._lock = threading.Lock()
+        self._abandoned: list[Any] = []
+        # Pools replaced or disposed while connections may still be lent.
+        self._retired: weakref.WeakSet[AliasPool] = weakref.WeakSet()
+
+    def pool(
+        self, spec: DatabaseSpec, *, ping: Pinger | None = None, fileno: Fileno | None = None
+    ) -> AliasPool:
+        """The pool for ``spec.alias``, created (or replaced, if the spec changed) on demand."""
+        with self._lock:
+            current = self._pools.get(spec.alias)
+            if current is not None and (current.spec is spec or current.spec == spec):
+                return current
+            if current is not None:
+                logger.info("multipool: alias %r settings changed; retiring its pool", spec.alias)
+                current.dispose()
+                self._retired.add(current)
+            created = AliasPool(spec, ping=ping, fileno=fileno)
+            self._pools[spec.alias] = created
+            logger.debug("multipool: alias %r pool created: %r", spec.alias, spec.pool)
+            return created
+
+    def get(self, alias: str) -> AliasPool | None:
+        with self._lock:
+            return self._pools.get(alias)
+
+    def stats(self, alias: str | None = None) -> dict[str, PoolStats]:
+        """Stats per alias (only aliases whose pool exists in this process)."""
+        with self._lock:
+            pools = dict(self._pools)
+        if alias is not None:
+            pools = {alias: pools[alias]} if alias in pools else {}
+        return {name: p.stats() for name, p in sorted(pools.items())}
+
+    def dispose(self, alias: str | None = None) -> None:
+        """Close the pool of ``alias`` (all aliases when ``None``).
+
+        Idle connections close now; lent ones close when given back. The next
+        checkout builds a fresh pool.
+        """
+        with self._lock:
+            names = list(self._pools) if alias is None else [alias]
+            disposed = [p for p in (self._pools.pop(n, None) for n in names) if p is not None]
+            self._retired.update(disposed)
+        for pool in disposed:
+            pool.dispose()
+
+    def abandon(self, obj: Any) -> None:
+        """Keep ``obj`` (a lease or connection inherited over fork) alive, unclosed."""
+        self._abandoned.append(obj)
+
+    def after_fork_in_child(self) -> None:
+        """Cut this (forked) process off from the pools it inherited."""
+        self._lock = threading.Lock()  # a thread that held it did not survive the fork
+        inherited = [*self._pools.values(), *self._retired]
+        for pool in inherited:
+            try:
+                _detach_sockets(pool.physical_connections_after_fork(), pool)
+            except OSError:  # pragma: no cover - nothing sane left to do
+                logger.exception("multipool: could not detach inherited sockets")
+        self._abandoned.extend(inherited)
+        self._pools = {}
+        self._retired = weakref.WeakSet()
+
+
+def _detach_sockets(connections: list[Any], pool: AliasPool) -> int:
+    """Point each inherited connection's socket at ``/dev/null``, in this process only.
+
+    Whatever the child then does with the inherited connection objects --
+    nothing, or close them when it exits -- reaches no server.
+    """
+    fileno = pool.fileno
+    if fileno is None:
+        return 0
+    detached = 0
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
+        for connection in connections:
+            try:
+                fd = fileno(connection)
+            except Exception:
+                continue  # already closed
+            if fd >= 0:
+                os.dup2(null, fd, inheritable=False)
+                detached += 1
+    finally:
+        os.close(null)
+    return detached
+
+
+manager = PoolManager()
+forking.in_child_after_fork("pools", manager.after_fork_in_child)

@@ -1,0 +1,467 @@
+"""One alias's pool: who gets a connection, in which order, and when it is checked.
+
+Three roles, kept apart as in SQLAlchemy itself:
+
+* SQLAlchemy's ``QueuePool`` holds the physical connections: their records,
+  reconnecting an invalidated one, ``recycle``, events, and the idle
+  connections nobody keeps.
+* :class:`AliasPool` (here) decides who gets one: at most ``pool_size +
+  max_overflow`` connections out at once, waiters served first come, first
+  served, connections kept for the thread that gave them back, health checks.
+* :class:`Lease` is the handle lent to a backend.
+
+**One lock** (``AliasPool._lock``) guards the free slots, the waiters, the
+kept leases and the counters. Nothing slow happens under it: connections are
+opened, checked, returned and closed outside. Every slot is in exactly one
+place: free, lent (a lease out), kept (a lease in ``_kept``), or in the hands
+of one thread that is filling it or giving it back.
+
+A **kept** lease was given back by a thread that will likely want it again
+(:meth:`AliasPool.keep`, at the end of a request): it keeps its slot, and its
+thread takes it back with :meth:`AliasPool.take_back` -- one dictionary
+operation under the lock. Whoever finds no free slot takes a kept lease
+instead of waiting, and a waiter gets a lease given back at once.
+
+This module knows nothing of Django: a backend passes in the function that
+opens a physical connection, and the pool is built with the functions that
+ping a connection and give its socket.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.pool import QueuePool
+
+from multipool.errors import PoolTimeout
+from multipool.pools.staleness import Staleness, socket_readable
+from multipool.pools.stats import Counters, PoolStats
+
+if TYPE_CHECKING:
+    from sqlalchemy.pool import PoolProxiedConnection
+
+    from multipool.config import DatabaseSpec
+
+__all__ = ["AliasPool", "Lease"]
+
+logger = logging.getLogger("multipool.pools")
+
+#: keys in a physical connection's ``info`` (SQLAlchemy clears it on reconnect)
+RETURNED_AT = "multipool.returned_at"  # when it was last given back (monotonic)
+FIRST_LENT_AT = "multipool.first_lent_at"  # when it was first lent (monotonic)
+SOCKET_FD = "multipool.socket_fd"  # its socket's file descriptor
+
+Connector = Callable[[], Any]
+Pinger = Callable[[Any], None]
+Fileno = Callable[[Any], int]
+
+
+class Lease:
+    """A connection lent by an :class:`AliasPool`.
+
+    ``connection`` is the driver's connection; ``info`` the dict SQLAlchemy
+    keeps for it (cleared when the connection is replaced). If a lease is lost
+    -- its thread died holding it -- its slot is freed when it is collected.
+    """
+
+    __slots__ = ("__weakref__", "_handle", "connection", "slot")
+
+    def __init__(self, handle: PoolProxiedConnection, release_slot: Callable[[], None]) -> None:
+        self._handle = handle
+        self.connection = handle.dbapi_connection
+        self.slot = weakref.finalize(self, release_slot)
+
+    @property
+    def info(self) -> dict[Any, Any]:
+        return self._handle.info
+
+    def __repr__(self) -> str:
+        return f"<Lease {self.connection!r}>"
+
+
+class _Waiter:
+    """A thread waiting for a connection: handed a :class:`Lease`, or ``_SLOT``."""
+
+    __slots__ = ("got", "ready")
+
+    def __init__(self) -> None:
+        self.ready = threading.Event()
+        self.got: Lease | object | None = None
+
+
+#: what a waiter gets when a slot, not a connection, became free
+_SLOT = object()
+
+
+class AliasPool:
+    """The pool of one alias (see the module doc)."""
+
+    def __init__(
+        self, spec: DatabaseSpec, *, ping: Pinger | None = None, fileno: Fileno | None = None
+    ) -> None:
+        pool = spec.pool
+        self.spec = spec
+        self.alias = spec.alias
+        self._ping = ping
+        self.fileno = fileno
+        # A replica's connections are checked on every reuse: the router fails
+        # a read over to the primary only if it sees a dead connection first.
+        self.staleness = Staleness(
+            pre_ping=pool.pre_ping,
+            ping_idle=float(pool.ping_idle),
+            poll_idle=0.0 if spec.replica_of is not None else float(pool.poll_idle),
+            can_ping=ping is not None,
+        )
+        self._fresh_for = self.staleness.fresh_for
+        #: whether a backend may keep a connection between requests: not when the
+        #: session must be reset, nor behind a pooler whose server session may change
+        self.keeps_between_requests = pool.pooler is None and pool.reset == "transaction"
+        self._recycle = pool.recycle
+        self._overflow_idle = float(pool.overflow_idle)
+        self._lock = threading.Lock()
+        self._free = pool.size + pool.max_overflow
+        self._waiters: deque[_Waiter] = deque()
+        self._kept: dict[Lease, float] = {}  # lease -> when kept; oldest first
+        self._suspect_before = float("-inf")
+        self._counters = Counters()
+        self._physical: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._connecting = threading.local()  # the connect function of this thread's checkout
+        self.retired = False
+        self._queue = QueuePool(
+            self._create,
+            pool_size=pool.size,
+            max_overflow=pool.max_overflow,
+            timeout=pool.timeout,
+            recycle=-1 if pool.recycle is None else pool.recycle,
+            use_lifo=pool.lifo,
+            reset_on_return=None,  # the backend rolls back what needs it
+        )
+
+    def __repr__(self) -> str:
+        return f"<AliasPool {self.alias!r} {self._queue.status()}>"
+
+    # -- lending ------------------------------------------------------------------------
+    def checkout(self, connect: Connector) -> Lease:
+        """Lend a healthy connection, opening one with ``connect()`` if needed.
+
+        Waits at most ``pool_timeout`` for a slot, first come, first served;
+        then raises :class:`~multipool.errors.PoolTimeout`. A driver error from
+        ``connect()`` propagates as is.
+        """
+        waiter = None
+        with self._lock:
+            got = self._take_now()
+            if got is None:
+                waiter = _Waiter()
+                self._waiters.append(waiter)
+        if waiter is not None:
+            got = self._wait(waiter)
+        if isinstance(got, Lease) and self._usable(got, got.info.get(RETURNED_AT)):
+            return got
+        # a free slot, or a lease that failed its check (discarded; its slot is ours)
+        return self._open(connect)
+
+    def _take_now(self) -> Lease | object | None:
+        """Under the lock: a kept lease, ``_SLOT`` (a free slot, now ours), or ``None``
+        (wait). A kept lease is taken when no slot is free, or when filling one
+        would open an overflow connection."""
+        if self._waiters:
+            return None
+        if self._kept and (self._free == 0 or self._would_overflow()):
+            lease, kept_at = next(iter(self._kept.items()))
+            del self._kept[lease]
+            lease.info[RETURNED_AT] = kept_at
+            self._counters.checkouts += 1
+            return lease
+        if self._free > 0:
+            self._free -= 1
+            return _SLOT
+        return None
+
+    def _would_overflow(self) -> bool:
+        queue = self._queue
+        return queue.checkedin() == 0 and queue.overflow() >= 0
+
+    def _wait(self, waiter: _Waiter) -> Lease | object:
+        served = waiter.ready.wait(self.spec.pool.timeout)
+        with self._lock:
+            if served or waiter.ready.is_set():  # (or served just as the wait timed out)
+                self._counters.waits += 1
+                if isinstance(waiter.got, Lease):
+                    self._counters.checkouts += 1
+                return waiter.got
+            self._waiters.remove(waiter)
+            self._counters.timeouts += 1
+            checked_out = self._queue.checkedout() - len(self._kept)
+        raise self._timeout_error(checked_out)
+
+    def _open(self, connect: Connector) -> Lease:
+        """A connection from the ``QueuePool`` (an idle one, or a new one) for a slot we hold."""
+        self._connecting.connect = connect
+        try:
+            # each failed check discards one connection: at worst every idle one
+            for _attempt in range(self.spec.pool.size + self.spec.pool.max_overflow + 1):
+                handle = self._queue.connect()
+                lease = Lease(handle, self._release_slot)
+                with self._lock:
+                    self._counters.checkouts += 1
+                if self._usable(lease, handle.info.get(RETURNED_AT)):
+                    handle.info.setdefault(FIRST_LENT_AT, time.monotonic())
+                    return lease
+            raise RuntimeError(f"multipool: pool {self.alias!r} found no healthy connection")
+        except BaseException:
+            self._release_slot()
+            raise
+        finally:
+            self._connecting.connect = None
+
+    def _create(self) -> Any:
+        """The ``QueuePool``'s creator: runs in the thread that checks out."""
+        connect: Connector | None = getattr(self._connecting, "connect", None)
+        if connect is None:  # pragma: no cover - QueuePool never does this
+            raise RuntimeError(f"multipool: pool {self.alias!r}: a connect outside a checkout")
+        connection = connect()
+        with self._lock:
+            self._counters.connects += 1
+            if self.fileno is not None:
+                self._physical.add(connection)
+        return connection
+
+    # -- health -------------------------------------------------------------------------
+    def _usable(self, lease: Lease, returned_at: float | None) -> bool:
+        """Whether ``lease`` may be lent; if not, it is discarded (its slot stays)."""
+        if returned_at is None:
+            return True  # fresh from connect(): nothing to check
+        idle = time.monotonic() - returned_at
+        suspect = returned_at <= self._suspect_before
+        if not self.staleness.must_ping(
+            idle, suspect=suspect, readable=lambda: self._readable(lease)
+        ):
+            return True
+        assert self._ping is not None  # must_ping() says no without a pinger
+        try:
+            self._ping(lease.connection)
+        except Exception as exc:
+            with self._lock:
+                self._counters.pings += 1
+                self._counters.ping_failures += 1
+            logger.info(
+                "multipool: alias %r: a pooled connection failed its health check (%s); "
+                "discarding it",
+                self.alias,
+                type(exc).__name__,
+            )
+            self.mark_suspect()
+            self._invalidate(lease, exc)
+            return False
+        with self._lock:
+            self._counters.pings += 1
+        return True
+
+    def _readable(self, lease: Lease) -> bool:
+        if self.fileno is None:
+            return False
+        info = lease.info
+        fd = info.get(SOCKET_FD)
+        if fd is None:
+            try:  # a connection keeps its socket for life
+                fd = info[SOCKET_FD] = self.fileno(lease.connection)
+            except (OSError, ValueError):
+                return True  # no usable socket: let the ping decide
+        return socket_readable(fd)
+
+    def mark_suspect(self) -> None:
+        """Ping every connection given back before now at its next checkout."""
+        with self._lock:
+            self._suspect_before = time.monotonic()
+
+    # -- giving back --------------------------------------------------------------------
+    def keep(self, lease: Lease) -> bool:
+        """Keep ``lease`` for this caller's next :meth:`take_back`, unless someone needs
+        it first. ``False``: not kept -- a waiter has it now, or it went back to the
+        pool (beyond ``pool_size``, due for recycling, or the pool retired). The
+        caller has left it clean: no transaction open."""
+        now = time.monotonic()
+        with self._lock:
+            if self._waiters:
+                lease.info[RETURNED_AT] = now
+                self._hand_to_waiter(lease)
+                return False
+            stays = self._queue.overflow() <= 0 and not self._recycle_due(lease, now)
+            if stays and not self.retired:
+                self._kept[lease] = now
+                return True
+        self.checkin(lease)
+        return False
+
+    def take_back(self, lease: Lease) -> bool:
+        """Take back a lease this caller gave to :meth:`keep`. ``False`` if another
+        thread took it meanwhile, or it failed its health check (then it is discarded
+        and its slot freed)."""
+        with self._lock:
+            kept_at = self._kept.pop(lease, None)
+            if kept_at is None:
+                return False
+            self._counters.checkouts += 1
+            suspect_before = self._suspect_before
+        if kept_at > suspect_before and time.monotonic() - kept_at < self._fresh_for:
+            return True  # used a moment ago, and nothing broke since: no check at all
+        if self._usable(lease, kept_at):
+            return True
+        self._release_slot()
+        return False
+
+    def checkin(self, lease: Lease, *, broken: bool = False) -> None:
+        """Give ``lease`` back for good; ``broken`` discards the physical connection.
+        The caller has rolled back (or knows no transaction is open)."""
+        if broken:
+            self.mark_suspect()
+            self._invalidate(lease, None)
+        elif self.retired:
+            self._invalidate(lease, None, count=False)  # the alias moved on: close, do not keep
+        else:
+            now = time.monotonic()
+            if not self._recycle_due(lease, now):
+                lease.info[RETURNED_AT] = now
+                with self._lock:
+                    if self._waiters:
+                        self._hand_to_waiter(lease)
+                        return
+                    if self._overflow_idle > 0 and self._surplus():
+                        # Keep a surplus connection for whoever needs one next,
+                        # instead of closing it now and opening another (TLS
+                        # handshake and all) at the next burst.
+                        self._kept[lease] = now
+                        return
+            self._return_to_queue(lease)
+            self._reap()
+            return
+        self._release_slot()
+
+    def _surplus(self) -> bool:
+        """Whether a connection given to the ``QueuePool`` now would be closed by it."""
+        queue = self._queue
+        return queue.overflow() > 0 and queue.checkedin() >= queue.size()
+
+    def _recycle_due(self, lease: Lease, now: float) -> bool:
+        recycle = self._recycle
+        return recycle is not None and now - lease.info.get(FIRST_LENT_AT, 0.0) > recycle
+
+    def _hand_to_waiter(self, lease: Lease) -> None:
+        """Under the lock: the longest waiter gets ``lease`` and its slot."""
+        waiter = self._waiters.popleft()
+        waiter.got = lease
+        waiter.ready.set()
+
+    def _release_slot(self) -> None:
+        """A slot is free again: to the longest waiter, if anyone waits."""
+        with self._lock:
+            if self._waiters:
+                waiter = self._waiters.popleft()
+                waiter.got = _SLOT
+                waiter.ready.set()
+            else:
+                self._free += 1
+
+    def _return_to_queue(self, lease: Lease) -> None:
+        """Give the connection to the ``QueuePool`` (which closes it if it has enough)."""
+        lease.slot.detach()
+        lease._handle.close()
+        self._release_slot()
+
+    def _invalidate(self, lease: Lease, exc: BaseException | None, *, count: bool = True) -> None:
+        """Close the physical connection; the ``QueuePool`` reconnects its record
+        when it is next needed. The slot is not freed here."""
+        lease.slot.detach()
+        if count:
+            with self._lock:
+                self._counters.invalidations += 1
+        try:
+            lease._handle.invalidate(exc)
+        except Exception:  # pragma: no cover - closing a dead socket may fail
+            logger.debug("multipool: error while discarding a connection", exc_info=True)
+
+    def _reap(self) -> None:
+        """Close the oldest surplus connection if it sat kept ``overflow_idle`` seconds.
+
+        Runs on checkin, so a pool that goes quiet keeps its surplus until the
+        next request; never more than ``pool_size + max_overflow``.
+        """
+        if self._queue.overflow() <= 0:
+            return
+        cutoff = time.monotonic() - self._overflow_idle
+        with self._lock:
+            oldest = next(iter(self._kept.items()), None)
+            if oldest is None or oldest[1] > cutoff:
+                return
+            del self._kept[oldest[0]]
+        self._return_to_queue(oldest[0])
+
+    # -- observability and teardown -------------------------------------------------------
+    def _timeout_error(self, checked_out: int) -> PoolTimeout:
+        spec = self.spec
+        return PoolTimeout(
+            self.alias,
+            timeout=spec.pool.timeout,
+            pool_size=spec.pool.size,
+            max_overflow=spec.pool.max_overflow,
+            checked_out=checked_out,
+            settings=(
+                spec.setting("pool_size"),
+                spec.setting("max_overflow"),
+                spec.setting("pool_timeout"),
+            ),
+        )
+
+    def stats(self) -> PoolStats:
+        queue = self._queue
+        with self._lock:
+            c = self._counters
+            kept = len(self._kept)
+            counts = (c.checkouts, c.waits, c.timeouts, c.connects, c.invalidations, c.pings)
+            ping_failures = c.ping_failures
+        size, overflow = queue.size(), queue.overflow()
+        checkouts, waits, timeouts, connects, invalidations, pings = counts
+        return PoolStats(
+            alias=self.alias,
+            vendor=self.spec.vendor,
+            pool_size=size,
+            max_overflow=self.spec.pool.max_overflow,
+            open=max(0, size + overflow),
+            checked_out=max(0, queue.checkedout() - kept),
+            idle=queue.checkedin() + kept,
+            overflow=max(0, overflow),
+            checkouts=checkouts,
+            waits=waits,
+            timeouts=timeouts,
+            connects=connects,
+            invalidations=invalidations,
+            pings=pings,
+            ping_failures=ping_failures,
+        )
+
+    def dispose(self) -> None:
+        """Close idle connections now; lent ones are closed when given back."""
+        with self._lock:
+            self.retired = True
+            kept = list(self._kept)
+            self._kept.clear()
+        for lease in kept:
+            self._invalidate(lease, None, count=False)
+            self._release_slot()
+        self._queue.dispose()
+
+    def physical_connections_after_fork(self) -> list[Any]:
+        """In a forked child: the driver connections this pool opened that were still
+        alive. Read without the lock: the child has one thread, and a thread that
+        held the lock at ``fork()`` does not exist there."""
+        try:
+            return list(self._physical)
+        except RuntimeError:  # pragma: no cover - forked in the middle of a change
+            return []
