@@ -424,6 +424,7 @@ class AliasPool:
         with self._lock:
             c = self._counters
             kept = len(self._kept)
+            pending = len(self._waiters)
             counts = (c.checkouts, c.waits, c.timeouts, c.connects, c.invalidations, c.pings)
             ping_failures = c.ping_failures
         size, overflow = queue.size(), queue.overflow()
@@ -437,6 +438,7 @@ class AliasPool:
             checked_out=max(0, queue.checkedout() - kept),
             idle=queue.checkedin() + kept,
             overflow=max(0, overflow),
+            pending=pending,
             checkouts=checkouts,
             waits=waits,
             timeouts=timeouts,

@@ -20,6 +20,7 @@ class PoolStats:
     checked_out: int
     idle: int
     overflow: int
+    pending: int  # threads waiting for a connection now
     checkouts: int
     waits: int
     timeouts: int
