@@ -19,6 +19,8 @@ BACKEND_TESTS = [
     "tests/test_django_test_runner.py",
     "tests/test_psycopg2.py",
     "tests/reliability/test_encryption_required.py",
+    "tests/test_pool_logic.py",
+    "tests/test_django_internals.py",
 ]
 
 

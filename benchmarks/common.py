@@ -39,11 +39,17 @@ CONFIGS: dict[str, str] = {
     "django_pool": "Django's native pool (psycopg_pool, min_size=max_size=threads)",
     "dj_db_conn_pool": "django-db-connection-pool (pool_size=threads, defaults otherwise)",
     "multipool": "multipool (pool_size=threads, defaults otherwise)",
+    "multipool_baseline": (
+        "multipool as of another commit (--baseline REF), same settings, in a process of "
+        "its own: what a change did, measured in the same run"
+    ),
 }
+#: configurations that run multipool's backends (of this checkout or of the baseline)
+MULTIPOOL_CONFIGS = ("multipool", "multipool_baseline")
 #: configurations that exist only for some engines
 ENGINE_CONFIGS: dict[str, tuple[str, ...]] = {
-    "postgresql": tuple(CONFIGS),
-    "mysql": tuple(c for c in CONFIGS if c != "django_pool"),
+    "postgresql": tuple(c for c in CONFIGS if c != "multipool_baseline"),
+    "mysql": tuple(c for c in CONFIGS if c not in ("django_pool", "multipool_baseline")),
 }
 LABELS: dict[str, str] = {
     "conn_per_request": "Django CONN_MAX_AGE=0",
@@ -52,6 +58,7 @@ LABELS: dict[str, str] = {
     "django_pool": "Django native pool",
     "dj_db_conn_pool": "django-db-connection-pool",
     "multipool": "multipool",
+    "multipool_baseline": "multipool (baseline commit)",
 }
 
 
@@ -237,12 +244,14 @@ def write_report(out: Path, name: str, results: Mapping[str, Any], text: str) ->
     return path
 
 
-def worker_env(**extra: str) -> dict[str, str]:
-    """The environment of a benchmark worker process: this checkout importable,
+def worker_env(code_dir: Path | None = None, **extra: str) -> dict[str, str]:
+    """The environment of a benchmark worker process: this checkout importable
+    (``code_dir`` first: a directory holding another version of ``multipool``),
     no settings module of the caller's (the worker configures Django itself)."""
     env = dict(os.environ)
+    first = [str(code_dir)] if code_dir is not None else []
     env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
+        p for p in (*first, str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
     )
     env.pop("DJANGO_SETTINGS_MODULE", None)
     env.update(extra)
@@ -552,7 +561,7 @@ def config_entry(
         POOL_SIZE=threads,
         MAX_OVERFLOW=max_overflow,
     )
-    if config == "multipool":
+    if config in MULTIPOOL_CONFIGS:
         return mp
     entry = stock_entry(mp, vendor)
     if config == "conn_per_request":

@@ -33,7 +33,7 @@ import time
 import traceback
 from typing import Any
 
-from benchmarks.common import BENCH_ROWS, BENCH_TABLE, configure_django
+from benchmarks.common import BENCH_ROWS, BENCH_TABLE, MULTIPOOL_CONFIGS, configure_django
 
 SQL = f"SELECT name FROM {BENCH_TABLE} WHERE id = %s"
 
@@ -198,7 +198,7 @@ class Bench:
 
 def pool_stats(config: str) -> dict[str, Any] | None:
     """The pool's own counters, where the pool keeps any."""
-    if config == "multipool":
+    if config in MULTIPOOL_CONFIGS:
         from multipool.pools import manager
 
         stats = manager.stats("default").get("default")
@@ -214,7 +214,7 @@ def pool_stats(config: str) -> dict[str, Any] | None:
 def close_pools(config: str) -> None:
     from django.db import connections
 
-    if config == "multipool":
+    if config in MULTIPOOL_CONFIGS:
         from multipool.pools import manager
 
         manager.dispose()
@@ -242,7 +242,10 @@ def main() -> int:
 
     configure_django({"default": setup["entry"]})
     bench = Bench(int(setup["threads"]), float(setup.get("view_us", 0)))
-    answer({"ready": True, "pid": os.getpid()})
+    import multipool
+
+    # which multipool this process runs (the baseline's, for multipool_baseline)
+    answer({"ready": True, "pid": os.getpid(), "multipool": os.path.dirname(multipool.__file__)})
 
     for line in sys.stdin:
         command = json.loads(line)

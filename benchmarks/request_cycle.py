@@ -39,13 +39,15 @@ attaches to existing servers (admin URLs, see ``multipool.testing``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,7 @@ from benchmarks.common import (
     CONFIGS,
     ENGINES,
     LABELS,
+    MULTIPOOL_CONFIGS,
     REPO_ROOT,
     RESULTS_DIR,
     TLS_VARIANTS,
@@ -106,14 +109,17 @@ class Worker:
         threads: int,
         view_us: float = 0,
         cpus: frozenset[int] | None = None,
+        code_dir: Path | None = None,
     ) -> None:
         self.config = config
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.cycle_worker"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            cwd=str(REPO_ROOT),
-            env=worker_env(),
+            # ``-m`` puts the working directory first on sys.path: another
+            # multipool's directory, or this checkout
+            cwd=str(code_dir or REPO_ROOT),
+            env=worker_env(code_dir),
             text=True,
             # set in the child before exec, so every thread it starts inherits it
             preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
@@ -316,6 +322,7 @@ def run_group(
     view_us: float = 0,
     processes: int = 1,
     client_cpus: frozenset[int] | None = None,
+    baseline_code: Path | None = None,
     log: Any = None,
 ) -> dict[str, Any]:
     """Every configuration against one server with one TLS variant, interleaved.
@@ -337,6 +344,7 @@ def run_group(
     per_round: list[dict[str, float]] = []
     orders = balanced_orders(configs, rounds)
     warm: dict[str, dict[str, Any]] = {}
+    code: dict[str, str | None] = {}  # the multipool package each worker imported
     opened: dict[str, int] | None = dict.fromkeys(configs, 0)
     open_after: dict[str, int] = {}
     monitor = PeakMonitor(server)
@@ -355,10 +363,11 @@ def run_group(
                         max_overflow=max_overflow,
                     )
                     workers[config] = Worker(
-                        config, engine, entry, threads, view_us, cpus=client_cpus
+                        config, engine, entry, threads, view_us, cpus=client_cpus,
+                        code_dir=baseline_code if config == "multipool_baseline" else None,
                     )
-                for worker in workers.values():
-                    worker.ready()
+                for config, worker in workers.items():
+                    code[config] = worker.ready().get("multipool")
                 for config, worker in workers.items():
                     warm[config] = worker.run(warmup)
                     if warm[config]["errors"]:
@@ -445,6 +454,7 @@ def run_group(
         "user": user,
         "sslmode": tls,
         "configs": summaries,
+        "multipool_code": {c: p for c, p in code.items() if c in MULTIPOOL_CONFIGS},
         "ratios": ratios,
         "rounds": [{k: rounded(v, 1) for k, v in r.items()} for r in per_round],
         "orders": orders,
@@ -514,6 +524,7 @@ def run(
     view_us: float = 0,
     processes: int = 1,
     placement: Placement | None = None,
+    baseline_code: Path | None = None,
     cleanup: bool = True,
     log: Any = sys.stderr,
 ) -> dict[str, Any]:
@@ -534,9 +545,10 @@ def run(
         server = servers.get(engine)
         if server is None:
             continue
-        engine_configs = [
-            c for c in available_configs(engine) if configs is None or c in configs
-        ]
+        offered = available_configs(engine)
+        if baseline_code is not None:
+            offered = (*offered, "multipool_baseline")
+        engine_configs = [c for c in offered if configs is None or c in configs]
         for config in engine_configs:
             create_bench_database(server, database_name(config))
         try:
@@ -556,6 +568,7 @@ def run(
                         view_us=view_us,
                         processes=processes,
                         client_cpus=None if placement is None else placement.client,
+                        baseline_code=baseline_code,
                         log=log,
                     )
                 )
@@ -720,6 +733,18 @@ def chart(results: Mapping[str, Any], path: Path) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def checkout_of(ref: str) -> Iterator[Path]:
+    """A temporary directory holding the ``multipool`` package as of git ``ref``."""
+    with tempfile.TemporaryDirectory(prefix="multipool-baseline-") as directory:
+        archive = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "archive", "--format=tar", ref, "multipool"],
+            capture_output=True, check=True,
+        )
+        subprocess.run(["tar", "-x", "-C", directory], input=archive.stdout, check=True)
+        yield Path(directory)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.request_cycle", description=__doc__.split("\n\n")[0]
@@ -766,10 +791,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         "here on the upper half (default; see benchmarks/README.md); none: wherever "
         "the scheduler puts them",
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="REF",
+        default=None,
+        help="also run multipool as of this git commit (configuration multipool_baseline), "
+        "to measure a change against the code before it in the same run",
+    )
     args = parser.parse_args(argv)
 
     engines, tls_variants, configs = parse_selection(parser, args.engines, args.tls, args.configs)
-    with open_servers(engines, postgres_url=args.postgres_url, mysql_url=args.mysql_url) as servers:
+    with contextlib.ExitStack() as stack:
+        baseline_code = None
+        if args.baseline is not None:
+            baseline_code = stack.enter_context(checkout_of(args.baseline))
+        servers = stack.enter_context(
+            open_servers(engines, postgres_url=args.postgres_url, mysql_url=args.mysql_url)
+        )
         results = run(
             servers,
             threads=args.threads,
@@ -783,7 +821,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             view_us=args.view_us,
             processes=args.processes,
             placement=Placement.split() if args.placement == "split" else None,
+            baseline_code=baseline_code,
         )
+        results["baseline"] = args.baseline
     text = f"{markdown_table(results)}\n\n{targets_table(results)}"
     write_report(args.out, args.name, results, text)
     if not args.no_chart:
