@@ -28,7 +28,9 @@ from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 
-from multipool.routers import ALL, PinState, pin_scope, router_settings, topology
+from multipool.routing.pins import ALL, PinState, pin_scope
+from multipool.routing.settings import router_settings
+from multipool.routing.topology import topology
 
 __all__ = ["PinningMiddleware"]
 

@@ -33,23 +33,33 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import math
 import random
 import threading
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
-from contextvars import ContextVar
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured, SynchronousOnlyOperation
-from django.db import DEFAULT_DB_ALIAS, connections
+from django.core.exceptions import SynchronousOnlyOperation
+from django.db import connections
 from django.db.utils import Error as DatabaseError
 
-from multipool.errors import ConfigurationError, PoolTimeout
+from multipool.errors import PoolTimeout
 from multipool.health import LAGGING, PROBE, UP, health
 from multipool.pools import manager
+from multipool.routing.lag import replica_lag
+from multipool.routing.pins import (
+    ALL,
+    PinState,
+    current_pin_state,
+    is_pinned,
+    note_write,
+    pin,
+    pin_scope,
+    pinned,
+    pinned_now,
+    unpin,
+)
+from multipool.routing.settings import STRATEGIES, RouterSettings, router_settings
+from multipool.routing.topology import Topology, build_topology, topology
 
 __all__ = [
     "ALL",
@@ -58,6 +68,7 @@ __all__ = [
     "PrimaryReplicaRouter",
     "RouterSettings",
     "Topology",
+    "build_topology",
     "current_pin_state",
     "is_pinned",
     "pin",
@@ -70,480 +81,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("multipool.routers")
-
-#: read strategies (``MULTIPOOL_READ_STRATEGY``)
-STRATEGIES = ("round-robin", "random", "least-busy")
-
-#: "every group" in a pin set and in the pin cookie
-ALL = "*"
-
-_COOKIE_NAME_CHARS = frozenset(
-    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-.^_`|~"
-)
-
-
-# -- settings ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RouterSettings:
-    """The router's Django settings, parsed (see ``docs/routing.md``)."""
-
-    strategy: str = "round-robin"  # MULTIPOOL_READ_STRATEGY
-    backoff: float = 5.0  # MULTIPOOL_REPLICA_BACKOFF
-    backoff_max: float = 60.0  # MULTIPOOL_REPLICA_BACKOFF_MAX
-    max_lag: float | None = None  # MULTIPOOL_REPLICA_MAX_LAG
-    lag_interval: float = 5.0  # MULTIPOOL_REPLICA_LAG_INTERVAL
-    pin_seconds: float = 0.0  # MULTIPOOL_PIN_SECONDS
-    pin_cookie: str = "multipool_pin"  # MULTIPOOL_PIN_COOKIE
-    pin_unsafe_methods: bool = True  # MULTIPOOL_PIN_UNSAFE_METHODS
-
-
-_SETTING_NAMES: tuple[tuple[str, str], ...] = (
-    ("strategy", "MULTIPOOL_READ_STRATEGY"),
-    ("backoff", "MULTIPOOL_REPLICA_BACKOFF"),
-    ("backoff_max", "MULTIPOOL_REPLICA_BACKOFF_MAX"),
-    ("max_lag", "MULTIPOOL_REPLICA_MAX_LAG"),
-    ("lag_interval", "MULTIPOOL_REPLICA_LAG_INTERVAL"),
-    ("pin_seconds", "MULTIPOOL_PIN_SECONDS"),
-    ("pin_cookie", "MULTIPOOL_PIN_COOKIE"),
-    ("pin_unsafe_methods", "MULTIPOOL_PIN_UNSAFE_METHODS"),
-)
-_MISSING: Any = object()
-_settings_cache: tuple[tuple[Any, ...], RouterSettings] | None = None
-
-
-def _seconds(name: str, value: Any, *, allow_none: bool = False, positive: bool = False) -> Any:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        kind = "a number of seconds" + (" or None" if allow_none else "")
-        raise ImproperlyConfigured(f"settings.{name} must be {kind}, not {value!r}")
-    number = float(value)
-    if not math.isfinite(number) or number < 0 or (positive and number == 0):
-        bound = "> 0" if positive else ">= 0"
-        raise ImproperlyConfigured(
-            f"settings.{name} must be a finite number {bound}, not {value!r}"
-        )
-    return number
-
-
-def _parse_settings(raw: tuple[Any, ...]) -> RouterSettings:
-    defaults = RouterSettings()
-    values = {
-        attr: (getattr(defaults, attr) if value is _MISSING else value)
-        for (attr, _), value in zip(_SETTING_NAMES, raw, strict=True)
-    }
-    names = dict(_SETTING_NAMES)
-    strategy = values["strategy"]
-    normalized = str(strategy).strip().lower().replace("_", "-") if strategy else ""
-    if normalized == "roundrobin":
-        normalized = "round-robin"
-    if normalized not in STRATEGIES:
-        raise ImproperlyConfigured(
-            f"settings.{names['strategy']} is {strategy!r}; use one of {', '.join(STRATEGIES)}"
-        )
-    cookie = values["pin_cookie"]
-    if not isinstance(cookie, str) or not cookie or not set(cookie) <= _COOKIE_NAME_CHARS:
-        raise ImproperlyConfigured(
-            f"settings.{names['pin_cookie']} must be a non-empty cookie name, not {cookie!r}"
-        )
-    backoff = _seconds(names["backoff"], values["backoff"])
-    backoff_max = _seconds(names["backoff_max"], values["backoff_max"])
-    if backoff_max < backoff:
-        raise ImproperlyConfigured(
-            f"settings.{names['backoff_max']} ({backoff_max:g}) is below "
-            f"settings.{names['backoff']} ({backoff:g})"
-        )
-    return RouterSettings(
-        strategy=normalized,
-        backoff=backoff,
-        backoff_max=backoff_max,
-        max_lag=_seconds(names["max_lag"], values["max_lag"], allow_none=True, positive=True),
-        lag_interval=_seconds(names["lag_interval"], values["lag_interval"]),
-        pin_seconds=_seconds(names["pin_seconds"], values["pin_seconds"]),
-        pin_cookie=cookie,
-        pin_unsafe_methods=bool(values["pin_unsafe_methods"]),
-    )
-
-
-def router_settings() -> RouterSettings:
-    """The current router settings (re-parsed only when a value changed)."""
-    global _settings_cache
-    raw = tuple(getattr(settings, name, _MISSING) for _, name in _SETTING_NAMES)
-    cached = _settings_cache
-    if cached is not None and cached[0] == raw:
-        return cached[1]
-    parsed = _parse_settings(raw)
-    _settings_cache = (raw, parsed)
-    return parsed
-
-
-# -- topology ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Topology:
-    """Primary/replica groups of ``DATABASES`` and the model routes."""
-
-    primary_of: Mapping[str, str]  # every alias -> the primary of its group
-    replicas: Mapping[str, tuple[str, ...]]  # primary -> its replicas (may be empty)
-    app_routes: Mapping[str, str]  # app_label -> primary
-    model_routes: Mapping[tuple[str, str], str]  # (app_label, model_name) -> primary
-    default: str = DEFAULT_DB_ALIAS
-
-    @property
-    def primaries(self) -> tuple[str, ...]:
-        return tuple(self.replicas)
-
-    def is_replica(self, alias: str) -> bool:
-        return self.primary_of.get(alias, alias) != alias
-
-    def group(self, alias: str) -> str:
-        """The primary of ``alias``'s group (``alias`` itself for a primary)."""
-        try:
-            return self.primary_of[alias]
-        except KeyError:
-            raise KeyError(f"database alias {alias!r} is not in DATABASES") from None
-
-    def route(self, app_label: str, model_name: str | None = None) -> str:
-        """The primary of the group an app (or one of its models) belongs to."""
-        if model_name is not None:
-            primary = self.model_routes.get((app_label, model_name.lower()))
-            if primary is not None:
-                return primary
-        return self.app_routes.get(app_label, self.default)
-
-    def model_group(self, model: Any) -> str:
-        meta = getattr(model, "_meta", None)
-        if meta is None:
-            return self.default
-        if self.model_routes:
-            primary = self.model_routes.get((meta.app_label, meta.model_name))
-            if primary is None and meta.proxy:
-                concrete = meta.concrete_model._meta
-                primary = self.model_routes.get((concrete.app_label, concrete.model_name))
-            if primary is not None:
-                return primary
-        return self.app_routes.get(meta.app_label, self.default)
-
-
-_topology_cache: tuple[Any, Any, Topology] | None = None
-
-
-def _fingerprint(databases: Mapping[str, Any]) -> tuple[Any, ...]:
-    out: list[tuple[Any, ...]] = []
-    for alias, entry in databases.items():
-        meta = entry.get("MULTIPOOL") if isinstance(entry, Mapping) else None
-        if isinstance(meta, Mapping):
-            replicas = meta.get("replicas")
-            if isinstance(replicas, list):
-                replicas = tuple(replicas)
-            out.append((alias, meta.get("replica_of"), replicas))
-        else:
-            out.append((alias, meta))
-    return tuple(out)
-
-
-def topology() -> Topology:
-    """The current topology: cached, rebuilt when ``DATABASES`` topology or routes change."""
-    global _topology_cache
-    databases = connections.settings
-    fingerprint = _fingerprint(databases)
-    routes = getattr(settings, "MULTIPOOL_ROUTES", None)
-    cached = _topology_cache
-    if cached is not None and cached[0] == fingerprint and cached[1] == routes:
-        return cached[2]
-    built = build_topology(databases, routes)
-    _topology_cache = (fingerprint, dict(routes) if isinstance(routes, Mapping) else routes, built)
-    return built
-
-
-def build_topology(databases: Mapping[str, Any], routes: Any = None) -> Topology:
-    """Parse the ``MULTIPOOL`` keys of ``databases`` and ``routes`` (raises on mistakes)."""
-    declared_of: dict[str, str] = {}
-    listed: dict[str, list[str]] = {}
-    for alias, entry in databases.items():
-        meta = entry.get("MULTIPOOL") if isinstance(entry, Mapping) else None
-        setting = f"DATABASES[{alias!r}]['MULTIPOOL']"
-        if meta is None:
-            continue
-        if not isinstance(meta, Mapping):
-            raise ConfigurationError(
-                alias, setting, "must be a dict", "use {'replica_of': ..., 'replicas': [...]}"
-            )
-        replica_of = meta.get("replica_of")
-        if replica_of not in (None, ""):
-            if not isinstance(replica_of, str) or replica_of not in databases:
-                raise ConfigurationError(
-                    alias,
-                    f"{setting}['replica_of']",
-                    f"names {replica_of!r}, which is not in DATABASES",
-                    "name the primary's alias",
-                )
-            if replica_of == alias:
-                raise ConfigurationError(
-                    alias, f"{setting}['replica_of']", "names the alias itself", "remove it"
-                )
-            declared_of[alias] = replica_of
-        replicas = meta.get("replicas") or ()
-        if isinstance(replicas, str) or not all(isinstance(r, str) for r in replicas):
-            raise ConfigurationError(
-                alias, f"{setting}['replicas']", "must be a list of aliases", "use ['replica1']"
-            )
-        for replica in replicas:
-            if replica not in databases:
-                raise ConfigurationError(
-                    alias,
-                    f"{setting}['replicas']",
-                    f"names {replica!r}, which is not in DATABASES",
-                    f"add a DATABASES entry for {replica!r} (e.g. set "
-                    f"{replica.upper()}_DATABASE_URL) or remove it from the list",
-                )
-            if replica == alias:
-                raise ConfigurationError(
-                    alias, f"{setting}['replicas']", "lists the alias itself", "remove it"
-                )
-        if replicas:
-            listed[alias] = list(replicas)
-
-    primary_of: dict[str, str] = {}
-    for primary, replicas in listed.items():
-        for replica in replicas:
-            owner = primary_of.get(replica) or declared_of.get(replica)
-            if owner is not None and owner != primary:
-                raise ConfigurationError(
-                    replica,
-                    f"DATABASES[{primary!r}]['MULTIPOOL']['replicas']",
-                    f"{replica!r} is already a replica of {owner!r}",
-                    "list each replica under one primary only",
-                )
-            primary_of[replica] = primary
-    for replica, primary in declared_of.items():
-        primary_of.setdefault(replica, primary)
-    for replica, primary in primary_of.items():
-        if primary in primary_of:
-            raise ConfigurationError(
-                replica,
-                f"DATABASES[{replica!r}]['MULTIPOOL']",
-                f"its primary {primary!r} is itself a replica of {primary_of[primary]!r}",
-                "point every replica at the group's primary",
-            )
-        if replica in listed:
-            raise ConfigurationError(
-                replica,
-                f"DATABASES[{replica!r}]['MULTIPOOL']['replicas']",
-                f"{replica!r} is a replica of {primary!r} and cannot have replicas",
-                f"list every replica under {primary!r}",
-            )
-
-    groups: dict[str, list[str]] = {a: [] for a in databases if a not in primary_of}
-    for primary, replicas in listed.items():
-        groups[primary].extend(replicas)
-    for replica, primary in primary_of.items():
-        if replica not in groups[primary]:
-            groups[primary].append(replica)
-    full_primary_of = {alias: primary_of.get(alias, alias) for alias in databases}
-    app_routes, model_routes = _parse_routes(routes, full_primary_of)
-    default = full_primary_of.get(DEFAULT_DB_ALIAS, DEFAULT_DB_ALIAS)
-    return Topology(
-        primary_of=full_primary_of,
-        replicas={p: tuple(r) for p, r in groups.items()},
-        app_routes=app_routes,
-        model_routes=model_routes,
-        default=default,
-    )
-
-
-def _parse_routes(
-    routes: Any, primary_of: Mapping[str, str]
-) -> tuple[dict[str, str], dict[tuple[str, str], str]]:
-    if routes is None:
-        return {}, {}
-    if not isinstance(routes, Mapping):
-        raise ImproperlyConfigured(
-            "settings.MULTIPOOL_ROUTES must be a dict like "
-            "{'app_label': 'alias', 'app_label.ModelName': 'alias'}"
-        )
-    app_routes: dict[str, str] = {}
-    model_routes: dict[tuple[str, str], str] = {}
-    for key, alias in routes.items():
-        setting = f"MULTIPOOL_ROUTES[{key!r}]"
-        parts = key.split(".") if isinstance(key, str) else []
-        if not 1 <= len(parts) <= 2 or not all(parts):
-            raise ImproperlyConfigured(
-                f"settings.{setting}: keys are 'app_label' or 'app_label.ModelName'"
-            )
-        if not isinstance(alias, str) or alias not in primary_of:
-            raise ConfigurationError(
-                str(alias),
-                f"settings.{setting}",
-                f"{alias!r} is not in DATABASES",
-                "route to the alias of a group's primary",
-            )
-        if primary_of[alias] != alias:
-            raise ConfigurationError(
-                alias,
-                f"settings.{setting}",
-                f"{alias!r} is a replica of {primary_of[alias]!r}",
-                f"route to the primary {primary_of[alias]!r}; reads use its replicas",
-            )
-        if len(parts) == 1:
-            app_routes[parts[0]] = alias
-        else:
-            model_routes[(parts[0], parts[1].lower())] = alias
-    return app_routes, model_routes
-
-
-# -- pinning -------------------------------------------------------------------------------
-
-
-class PinState:
-    """What the current pin scope knows (one per request under :class:`PinningMiddleware`).
-
-    ``pinned``: groups (primary aliases, or :data:`ALL`) whose reads go to the
-    primary for the rest of the scope. ``carry``: the groups written to (or
-    pinned with :func:`pin`) in this scope -- what the middleware's cookie
-    carries to the next requests. The object is shared by everything running
-    in the scope (threads of ``sync_to_async``, tasks created inside it).
-    """
-
-    __slots__ = ("carry", "pinned")
-
-    def __init__(self) -> None:
-        self.pinned: set[str] = set()
-        self.carry: set[str] = set()
-
-    def __repr__(self) -> str:
-        return f"PinState(pinned={sorted(self.pinned)}, carry={sorted(self.carry)})"
-
-
-_scope: ContextVar[PinState | None] = ContextVar("multipool_pin_scope", default=None)
-_forced: ContextVar[frozenset[str]] = ContextVar("multipool_pinned", default=frozenset())
-
-
-def current_pin_state(*, create: bool = False) -> PinState | None:
-    """The pin state of the current context (created on demand with ``create``)."""
-    state = _scope.get()
-    if state is None and create:
-        state = PinState()
-        _scope.set(state)
-    return state
-
-
-@contextmanager
-def pin_scope() -> Iterator[PinState]:
-    """A fresh pin scope for the block (what :class:`PinningMiddleware` does per request).
-
-    Use it around units of work outside requests (a task, a batch step) so that
-    a write pins only the reads of that unit.
-    """
-    state = PinState()
-    token = _scope.set(state)
-    try:
-        yield state
-    finally:
-        _scope.reset(token)
-
-
-def _groups(aliases: Iterable[str]) -> set[str]:
-    names = list(aliases)
-    if not names:
-        return {ALL}
-    topo = topology()
-    out = set()
-    for alias in names:
-        if alias == ALL:
-            out.add(ALL)
-            continue
-        try:
-            out.add(topo.group(alias))
-        except KeyError:
-            raise ValueError(f"multipool: unknown database alias {alias!r}") from None
-    return out
-
-
-def pin(*aliases: str) -> None:
-    """Send the reads of these aliases' groups (all groups by default) to their primaries
-    for the rest of the current pin scope; :class:`PinningMiddleware` carries the pin
-    to the next requests like a write."""
-    groups = _groups(aliases)
-    state = current_pin_state(create=True)
-    assert state is not None
-    state.pinned |= groups
-    state.carry |= groups
-
-
-def unpin(*aliases: str) -> None:
-    """Undo :func:`pin` and write pins (of these groups; of all by default)."""
-    state = current_pin_state()
-    if state is None:
-        return
-    if not aliases:
-        state.pinned.clear()
-        state.carry.clear()
-        return
-    groups = _groups(aliases)
-    state.pinned -= groups
-    state.carry -= groups
-
-
-@contextmanager
-def pinned(*aliases: str) -> Iterator[None]:
-    """Within the block, reads of these aliases' groups (all by default) go to the primary."""
-    groups = frozenset(_groups(aliases))
-    token = _forced.set(_forced.get() | groups)
-    try:
-        yield
-    finally:
-        _forced.reset(token)
-
-
-def is_pinned(alias: str = DEFAULT_DB_ALIAS) -> bool:
-    """Whether reads of ``alias``'s group go to its primary right now (pin, write, block)."""
-    return _is_pinned(topology().group(alias))
-
-
-def _is_pinned(primary: str) -> bool:
-    forced = _forced.get()
-    if forced and (ALL in forced or primary in forced):
-        return True
-    state = _scope.get()
-    return state is not None and bool(state.pinned) and (
-        ALL in state.pinned or primary in state.pinned
-    )
-
-
-def _note_write(primary: str) -> None:
-    state = current_pin_state(create=True)
-    assert state is not None
-    state.pinned.add(primary)
-    state.carry.add(primary)
-
-
-# -- replica lag ----------------------------------------------------------------------------
-
-_PG_LAG_SQL = (
-    "SELECT CASE WHEN NOT pg_is_in_recovery() THEN 0 "
-    "WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 "
-    "ELSE EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()) END"
-)
-
-
-def replica_lag(connection: Any) -> float | None:
-    """Seconds a PostgreSQL replica is behind (0 when caught up or not a replica;
-    ``None`` when unknown). Other vendors: ``None``. One round trip."""
-    if connection.vendor != "postgresql":
-        return None
-    with connection.cursor() as cursor:
-        cursor.execute(_PG_LAG_SQL)
-        row = cursor.fetchone()
-    if row is None or row[0] is None:
-        return None
-    return max(0.0, float(row[0]))
-
-
-# -- the router -----------------------------------------------------------------------------
 
 
 def _in_event_loop() -> bool:
@@ -575,7 +112,7 @@ class PrimaryReplicaRouter:
         topo = topology()
         primary = self._group_for(topo, model, hints)
         replicas = topo.replicas.get(primary, ())
-        if not replicas or _is_pinned(primary) or self._in_transaction(primary):
+        if not replicas or pinned_now(primary) or self._in_transaction(primary):
             return primary
         return self.choose_replica(primary, replicas)
 
@@ -583,7 +120,7 @@ class PrimaryReplicaRouter:
         topo = topology()
         primary = self._group_for(topo, model, hints)
         if topo.replicas.get(primary):
-            _note_write(primary)
+            note_write(primary)
         return primary
 
     def allow_relation(self, obj1: Any, obj2: Any, **hints: Any) -> bool | None:
