@@ -8,7 +8,19 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from multipool.pools import AliasPool, Lease
 
-__all__ = ["Hold", "PoolBinding", "SessionState"]
+__all__ = [
+    "BROKEN",
+    "CHANGED",
+    "IDLE",
+    "IN_TRANSACTION",
+    "KEPT",
+    "LENT",
+    "NONE",
+    "PARKED",
+    "Hold",
+    "PoolBinding",
+    "SessionState",
+]
 
 
 class Hold(enum.Enum):
@@ -39,6 +51,12 @@ class SessionState(enum.Enum):
     CHANGED = "changed"
 
 
+# The members as plain names: the request boundary reads them a few times per
+# request, and a module global is faster to read than an Enum class attribute.
+NONE, LENT, KEPT, PARKED = Hold
+IDLE, IN_TRANSACTION, BROKEN, CHANGED = SessionState
+
+
 class PoolBinding:
     """The lease a wrapper holds, the pool it came from, and how it is held.
 
@@ -48,7 +66,7 @@ class PoolBinding:
     __slots__ = ("hold", "lease", "pool")
 
     def __init__(self) -> None:
-        self.hold = Hold.NONE
+        self.hold = NONE
         self.lease: Lease | None = None
         self.pool: AliasPool | None = None
 
@@ -56,7 +74,7 @@ class PoolBinding:
         self.hold, self.lease, self.pool = hold, lease, pool
 
     def clear(self) -> None:
-        self.hold, self.lease, self.pool = Hold.NONE, None, None
+        self.hold, self.lease, self.pool = NONE, None, None
 
     def __repr__(self) -> str:
         return f"<PoolBinding {self.hold.value} {self.lease!r}>"

@@ -22,7 +22,7 @@ Per-connection setup:
 
 The request boundary: with ``CONN_MAX_AGE=0`` Django closes every connection
 at ``request_finished``. A pooled wrapper in a clean state gives its
-connection back to the pool there but keeps a claim on it (``Hold.KEPT``, see
+connection back to the pool there but keeps a claim on it (``KEPT``, see
 :meth:`PooledWrapperMixin.close_if_unusable_or_obsolete`). Between requests
 ``connection.connection`` is ``None``, as with stock Django; the next
 ``ensure_connection()`` takes the connection back, or finds it gone to another
@@ -41,7 +41,16 @@ from django.db.backends.base.base import NO_DB_ALIAS
 from django.utils.asyncio import async_unsafe
 
 from multipool import forking
-from multipool.backends.binding import Hold, PoolBinding, SessionState
+from multipool.backends.binding import (
+    BROKEN,
+    IDLE,
+    IN_TRANSACTION,
+    KEPT,
+    LENT,
+    PARKED,
+    PoolBinding,
+    SessionState,
+)
 from multipool.backends.diagnosis import explain_connect_error
 from multipool.config import POOL_OPTION_KEYS, spec_from_settings
 from multipool.pools import manager
@@ -152,14 +161,14 @@ class PooledWrapperMixin:
         if self.connection is not None:
             return  # Django's ensure_connection() does nothing more when connected
         binding = self.pool_binding
-        if binding.hold is Hold.KEPT:
+        if binding.hold is KEPT:
             lease, pool = binding.lease, binding.pool
             assert lease is not None and pool is not None
             if pool.take_back(lease):
                 # Another wrapper of this alias may have used it meanwhile: it
                 # gave it back in the same clean state, on the same physical
                 # connection. Django's state on this wrapper is as it was left.
-                binding.hold = Hold.LENT
+                binding.hold = LENT
                 self.connection = lease.connection
                 return
             binding.clear()  # another thread took it, or it failed its check
@@ -174,7 +183,7 @@ class PooledWrapperMixin:
             return self.connect_physical(conn_params, spec)
         if lease is None:
             lease = pool.checkout(lambda: self.connect_physical(conn_params, spec))
-        self.pool_binding.set(Hold.LENT, lease, pool)
+        self.pool_binding.set(LENT, lease, pool)
         self.prepare_checkout(lease.connection)
         return lease.connection
 
@@ -182,7 +191,7 @@ class PooledWrapperMixin:
         """The connection this wrapper gave back and kept a claim on, if it is still
         there: ``connect()`` (after ``close()``, or called directly) goes on with it."""
         binding = self.pool_binding
-        if binding.hold not in (Hold.KEPT, Hold.PARKED):
+        if binding.hold not in (KEPT, PARKED):
             return None
         lease, own_pool = binding.lease, binding.pool
         assert lease is not None and own_pool is not None
@@ -256,50 +265,43 @@ class PooledWrapperMixin:
         connection. A wrapper in any other state is closed as Django would.
         """
         binding = self.pool_binding
-        if binding.hold is Hold.KEPT:
+        if binding.hold is KEPT:
             return  # given back at the end of the last request; nothing to check
-        if not self._clean_at_request_end():
+        lease, pool, connection = binding.lease, binding.pool, self.connection
+        settings = self.settings_dict
+        if (
+            binding.hold is not LENT
+            or connection is None
+            or pool is None
+            or not pool.keeps_between_requests
+            or settings["CONN_MAX_AGE"] != 0
+            or self.in_atomic_block
+            or self.errors_occurred
+            or self.needs_rollback
+            # Django's get_autocommit() minus ensure_connection(): connected here
+            or self.autocommit != settings["AUTOCOMMIT"]
+        ):
             super().close_if_unusable_or_obsolete()  # type: ignore[misc]
             return
-        lease, pool, connection = binding.lease, binding.pool, self.connection
-        assert lease is not None and pool is not None
-        if not self._restore_for_next_request(connection):
+        assert lease is not None
+        state = self.release_state(connection)
+        if state is not IDLE and not self._restore_for_next_request(connection, state):
             return
         if self.run_on_commit:
             self.run_on_commit = []
         if pool.keep(lease):
-            binding.hold = Hold.KEPT  # kept for this wrapper, unless another thread needs it
+            binding.hold = KEPT  # kept for this wrapper, unless another thread needs it
         else:
             binding.clear()  # a waiting thread has it now: the wrapper is closed
         self.connection = None
 
-    def _clean_at_request_end(self) -> bool:
-        """Whether the wrapper, as Django left it, may keep its connection between requests."""
-        binding = self.pool_binding
-        settings = self.settings_dict
-        return bool(
-            binding.hold is Hold.LENT
-            and self.connection is not None
-            and binding.pool is not None
-            and binding.pool.keeps_between_requests
-            and settings["CONN_MAX_AGE"] == 0
-            and not self.in_atomic_block
-            and not self.errors_occurred
-            and not self.needs_rollback
-            # Django's get_autocommit() minus ensure_connection(): connected here
-            and self.autocommit == settings["AUTOCOMMIT"]
-        )
-
-    def _restore_for_next_request(self, connection: Any) -> bool:
-        """Roll back and restore the session if needed; ``False``: the wrapper was closed."""
-        state = self.release_state(connection)
-        if state is SessionState.IDLE:
-            return True
-        if state is SessionState.BROKEN:
+    def _restore_for_next_request(self, connection: Any, state: SessionState) -> bool:
+        """Roll back and restore the session; ``False``: the wrapper was closed."""
+        if state is BROKEN:
             super().close_if_unusable_or_obsolete()  # type: ignore[misc]
             return False
         try:
-            if state is SessionState.IN_TRANSACTION:
+            if state is IN_TRANSACTION:
                 self.rollback_transaction(connection)
             self.restore_session(connection)
         except Exception:
@@ -316,10 +318,10 @@ class PooledWrapperMixin:
         the driver can tell. Anything but ``IDLE`` at the request boundary runs
         :meth:`restore_session` (after a rollback for ``IN_TRANSACTION``)."""
         if self.connection_is_broken(connection):
-            return SessionState.BROKEN
+            return BROKEN
         if self.transaction_may_be_open(connection):
-            return SessionState.IN_TRANSACTION
-        return SessionState.IDLE
+            return IN_TRANSACTION
+        return IDLE
 
     def rollback_transaction(self, connection: Any) -> None:
         """Hook: roll back the transaction open on the server, however it was opened."""
@@ -333,16 +335,16 @@ class PooledWrapperMixin:
     @async_unsafe
     def close(self) -> None:
         binding = self.pool_binding
-        if binding.hold is Hold.KEPT:
+        if binding.hold is KEPT:
             # Given back at the end of the last request: ``connection`` is None,
             # so Django's close() has nothing to close; the next connect() may
             # still take the connection back.
-            binding.hold = Hold.PARKED
+            binding.hold = PARKED
         super().close()  # type: ignore[misc]
 
     def _close(self) -> None:
         binding = self.pool_binding
-        if binding.hold is not Hold.LENT:
+        if binding.hold is not LENT:
             super()._close()  # type: ignore[misc]
             return
         lease, pool = binding.lease, binding.pool
@@ -356,7 +358,7 @@ class PooledWrapperMixin:
         elif pool.keep(lease):
             # Kept for this wrapper's next connect(), unless another thread
             # needs a connection first.
-            binding.set(Hold.PARKED, lease, pool)
+            binding.set(PARKED, lease, pool)
 
     def _clean_for_checkin(self, connection: Any, lease: Lease, pool: AliasPool) -> bool:
         """Roll back (and reset the session if so configured); ``True``: broken."""
@@ -365,10 +367,10 @@ class PooledWrapperMixin:
         if self.errors_occurred and not self.is_usable():
             return True
         state = self.release_state(connection)
-        if state is SessionState.BROKEN:
+        if state is BROKEN:
             return True
         try:
-            if state is SessionState.IN_TRANSACTION:
+            if state is IN_TRANSACTION:
                 self.rollback_transaction(connection)
             if pool.spec.pool.reset == "session":
                 lease.info.pop(SETUP_DONE, None)  # Django's session setup must run again
@@ -382,7 +384,7 @@ class PooledWrapperMixin:
         return False
 
     def is_usable(self) -> bool:
-        if self.connection is None and self.pool_binding.hold is Hold.KEPT:
+        if self.connection is None and self.pool_binding.hold is KEPT:
             self.ensure_connection()  # between requests: check the kept connection
         return bool(super().is_usable())  # type: ignore[misc]
 
@@ -434,7 +436,7 @@ def abandon_inherited_connections() -> None:
         binding = getattr(conn, "pool_binding", None)
         if binding is None:
             continue
-        if binding.hold is Hold.LENT:
+        if binding.hold is LENT:
             manager.abandon((binding.lease, conn.connection))
             conn.connection = None
         binding.clear()  # a kept or parked connection stays with the parent's pool

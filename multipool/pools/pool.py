@@ -293,7 +293,9 @@ class AliasPool:
                 lease.info[RETURNED_AT] = now
                 self._hand_to_waiter(lease)
                 return False
-            stays = self._queue.overflow() <= 0 and not self._recycle_due(lease, now)
+            stays = self._queue.overflow() <= 0 and (
+                self._recycle is None or not self._recycle_due(lease, now)
+            )
             if stays and not self.retired:
                 self._kept[lease] = now
                 return True

@@ -13,7 +13,7 @@ from django.db.backends.postgresql import base as django_postgresql
 from django.db.backends.postgresql.creation import DatabaseCreation as _DjangoCreation
 from django.db.backends.postgresql.psycopg_any import IsolationLevel, is_psycopg3
 
-from multipool.backends.binding import SessionState
+from multipool.backends.binding import BROKEN, CHANGED, IDLE, IN_TRANSACTION, SessionState
 from multipool.backends.creation import PooledCreationMixin
 from multipool.backends.pooled import PooledWrapperMixin
 from multipool.errors import ConfigurationError
@@ -76,20 +76,20 @@ class DatabaseWrapper(PooledWrapperMixin, django_postgresql.DatabaseWrapper):
         if is_psycopg3:
             status = connection.pgconn.transaction_status
         elif connection.closed:
-            return SessionState.BROKEN
+            return BROKEN
         else:
             status = connection.get_transaction_status()
         if status != _IDLE:
-            return SessionState.BROKEN if status == _UNKNOWN else SessionState.IN_TRANSACTION
+            return BROKEN if status == _UNKNOWN else IN_TRANSACTION
         expected = self.timezone_name
         if not expected:
-            return SessionState.IDLE
+            return IDLE
         if is_psycopg3:
             current = connection.pgconn.parameter_status(b"TimeZone")
             changed = current is None or current.decode() != expected
         else:
             changed = connection.get_parameter_status("TimeZone") != expected
-        return SessionState.CHANGED if changed else SessionState.IDLE
+        return CHANGED if changed else IDLE
 
     def rollback_transaction(self, connection: Any) -> None:
         if not is_psycopg3 and connection.autocommit:
