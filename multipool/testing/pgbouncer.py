@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from multipool.certs import CertPaths, generate_dev_certs
-from multipool.testing.postgres import PostgresServer, _system_user
+from multipool.testing.postgres import PostgresServer, system_user
 from multipool.testing.servers import (
     TLS_MODES,
     ServerStartError,
@@ -566,7 +566,7 @@ def start_pgbouncer(
     """
     started = time.monotonic()
     binary = find_pgbouncer()
-    run_as = _system_user()
+    run_as = system_user()
     base, owned = make_workdir(workdir, "multipool-pgbouncer-")
     controller = LocalPgBouncer(binary, base, owned=owned, run_as=run_as)
     bouncer: PgBouncerServer | None = None

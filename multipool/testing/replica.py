@@ -42,8 +42,8 @@ from multipool.testing.postgres import (
     CLIENT_CERT_USERS,
     LocalPostgres,
     PostgresServer,
-    _system_user,
     find_bindir,
+    system_user,
 )
 from multipool.testing.servers import (
     ServerControlError,
@@ -224,7 +224,7 @@ def start_replica(
     if not primary.server_version_num:
         primary.refresh_version()
     bindir = find_bindir()
-    run_as = _system_user()
+    run_as = system_user()
     base, owned = make_workdir(workdir, "multipool-pg-replica-")
     controller = ReplicaController(bindir, base, owned=owned, run_as=run_as, primary=primary)
     started_replica: PostgresReplica | None = None
