@@ -32,7 +32,7 @@ Backends, tried in this order for each engine:
 Modules, each importing only those listed before it: ``servers`` (base classes
 and helpers), ``postgres`` and ``mysql`` (the servers, their users, local
 binaries), ``containers``, ``external``, ``start`` (picks the backend),
-``replica``, ``pgbouncer``, ``plugin`` (pytest).
+``replica``, ``pgbouncer_process`` and ``pgbouncer``, ``plugin`` (pytest).
 
 Environment variables:
 
