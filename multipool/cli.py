@@ -42,6 +42,7 @@ from typing import Any, TextIO
 from urllib.parse import quote, quote_plus, unquote, urlsplit
 
 from multipool import __version__
+from multipool.status import pool_status, render_pool_status, render_table, warm_pools
 
 __all__ = [
     "EXIT_OK",
@@ -185,19 +186,6 @@ def _error_text(exc: BaseException) -> str:
 
 
 # -- output helpers -----------------------------------------------------------------------
-
-
-def render_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], indent: str = "") -> str:
-    """A plain-text table: header, dashes, one line per row."""
-    cells = [[str(h) for h in headers]] + [["-" if c is None else str(c) for c in r] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-
-    def line(values: Sequence[str]) -> str:
-        return indent + "  ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)).rstrip()
-
-    out = [line(cells[0]), line(["-" * w for w in widths])]
-    out.extend(line(row) for row in cells[1:])
-    return "\n".join(out)
 
 
 def _print_json(data: Any) -> None:
@@ -997,93 +985,7 @@ def _budget_advice(members: list[dict[str, Any]], available: int, processes: int
     return advice
 
 
-# -- pool status --------------------------------------------------------------------------------
-
-_STATS_COLUMNS = (
-    ("pool_size", "SIZE"),
-    ("max_overflow", "OVERFLOW MAX"),
-    ("open", "OPEN"),
-    ("checked_out", "IN USE"),
-    ("idle", "IDLE"),
-    ("overflow", "OVERFLOW"),
-    ("checkouts", "CHECKOUTS"),
-    ("connects", "CONNECTS"),
-    ("waits", "WAITS"),
-    ("timeouts", "TIMEOUTS"),
-    ("invalidations", "INVALIDATED"),
-    ("pings", "PINGS"),
-    ("ping_failures", "PING FAILURES"),
-)
-
-
-def pool_status(databases: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Live pool statistics of this process, one dict per alias.
-
-    ``databases`` (default ``settings.DATABASES``) lists the aliases; an alias
-    without a pool yet (no connection made in this process) has ``state``
-    ``"no pool yet"``, a stock-engine alias ``"not pooled"``.
-    """
-    from multipool.pools import manager
-
-    if databases is None:
-        from django.conf import settings
-
-        databases = settings.DATABASES
-    stats = manager.stats()
-    out = []
-    for alias, entry in databases.items():
-        row: dict[str, Any] = {"alias": alias, "vendor": _vendor_of(entry)}
-        if alias in stats:
-            row.update(stats[alias].as_dict())
-            row["state"] = "active"
-        elif not _is_multipool(entry):
-            row["state"] = "not pooled"
-        elif isinstance(entry.get("OPTIONS"), Mapping) and entry["OPTIONS"].get("pool_enabled") in (
-            False,
-            "false",
-            "False",
-            "0",
-            0,
-        ):
-            row["state"] = "pool disabled"
-        else:
-            row["state"] = "no pool yet"
-        out.append(row)
-    for alias, st in stats.items():  # pools of aliases no longer in the settings
-        if alias not in databases:
-            out.append({**st.as_dict(), "state": "active"})
-    return out
-
-
-def render_pool_status(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The table of :func:`pool_status`."""
-    table = []
-    for r in rows:
-        if r["state"] == "active":
-            table.append([r["alias"], r["vendor"], r["state"], *(r[k] for k, _ in _STATS_COLUMNS)])
-        else:
-            table.append([r["alias"], r["vendor"], r["state"], *("" for _ in _STATS_COLUMNS)])
-    return render_table(["ALIAS", "VENDOR", "STATE", *(h for _, h in _STATS_COLUMNS)], table)
-
-
-def warm_pools(databases: Mapping[str, Any]) -> dict[str, str]:
-    """Check out and return one connection per pooled alias (creates the pools).
-
-    Returns alias -> error text for the aliases that could not connect.
-    """
-    from django.db import connections
-
-    failures = {}
-    for alias, entry in databases.items():
-        if not _is_multipool(entry):
-            continue
-        try:
-            connections[alias].ensure_connection()
-        except Exception as exc:
-            failures[alias] = _error_text(exc)
-        finally:
-            connections[alias].close()
-    return failures
+# -- status ---------------------------------------------------------------------------------------
 
 
 def cmd_status(args: argparse.Namespace, masker: Masker) -> int:
