@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from multipool.config import ENGINES, engine_vendor
+from multipool.errors import ConfigurationError
 
 __all__ = ["pool_status", "render_pool_status", "render_table", "warm_pools"]
 
@@ -64,12 +65,13 @@ def _state(alias: str, entry: Mapping[str, Any]) -> str:
     """What an alias without a pool in this process shows instead of its numbers."""
     if _engine(entry) not in ENGINES.values():
         return "not pooled"
-    options = entry.get("OPTIONS")
-    if isinstance(options, Mapping) and options.get("pool_enabled") in (
-        False, "false", "False", "0", 0
-    ):
-        return "pool disabled"
-    return "no pool yet"
+    from multipool.checks import spec_of
+
+    try:
+        enabled = spec_of(alias, entry).pool.enabled
+    except ConfigurationError:  # the backend refuses it too: no pool will ever come
+        return "invalid settings"
+    return "no pool yet" if enabled else "pool disabled"
 
 
 def pool_status(databases: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -77,7 +79,10 @@ def pool_status(databases: Mapping[str, Any] | None = None) -> list[dict[str, An
 
     ``databases`` (default ``settings.DATABASES``) lists the aliases; an alias
     without a pool yet (no connection made in this process) has ``state``
-    ``"no pool yet"``, a stock-engine alias ``"not pooled"``.
+    ``"no pool yet"``; one whose settings turn the pool off ``"pool disabled"``
+    (read as the configuration reads them: ``"no"``, ``"off"``, ``0`` ...); one
+    whose settings cannot be read ``"invalid settings"``; a stock-engine alias
+    ``"not pooled"``.
     """
     from multipool.pools import manager
 

@@ -715,6 +715,31 @@ def test_management_command_shows_live_pool_stats(used_alias: Any) -> None:
     assert "active" in line
 
 
+@pytest.mark.parametrize("value", ["no", "off", "false", "0", False, 0])
+def test_pool_status_reads_pool_enabled_as_the_configuration_does(
+    value: object, tmp_path: Path
+) -> None:
+    """``pool_enabled="no"`` turns the pool off, so the status says so (not "no pool yet")."""
+    from multipool.status import pool_status
+
+    def entry(engine: str, **options: object) -> dict[str, Any]:
+        return {"ENGINE": engine, "NAME": str(tmp_path / "db.sqlite3"), "OPTIONS": options}
+
+    databases = {
+        "status_off": entry("multipool.backends.sqlite3", pool_enabled=value),
+        "status_on": entry("multipool.backends.sqlite3", pool_enabled="yes"),
+        "status_bad": entry("multipool.backends.sqlite3", pool_enabled="maybe"),
+        "status_stock": entry("django.db.backends.sqlite3"),
+    }
+    states = {r["alias"]: r["state"] for r in pool_status(databases) if r["alias"] in databases}
+    assert states == {
+        "status_off": "pool disabled",
+        "status_on": "no pool yet",
+        "status_bad": "invalid settings",
+        "status_stock": "not pooled",
+    }
+
+
 def test_status_subcommand_and_connect_option(cli: Callable[..., Result], used_alias: Any) -> None:
     code, out, _ = cli("status", "--json")
     assert code == EXIT_OK
