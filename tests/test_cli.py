@@ -174,6 +174,24 @@ def test_masker_masks_secret_variants_and_private_keys() -> None:
 # -- config -----------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("engine", "vendor", "label"),
+    [
+        ("multipool.backends.postgresql", "postgresql", "postgresql"),
+        ("django.db.backends.mysql", "mysql", "mysql"),
+        ("django.db.backends.sqlite3", "sqlite", "sqlite"),
+        ("django.contrib.gis.db.backends.postgis", None, "postgis"),
+        ("", None, "?"),
+    ],
+)
+def test_vendor_comes_from_the_configuration(engine: str, vendor: str | None, label: str) -> None:
+    """Vendor logic uses multipool.config.engine_vendor(); other engines get a display label."""
+    from multipool.cli.sources import vendor_label, vendor_of
+
+    assert vendor_of({"ENGINE": engine}) == vendor
+    assert vendor_label({"ENGINE": engine}) == label
+
+
 def test_config_default_is_embedded_sqlite(cli: Callable[..., Result]) -> None:
     code, out, _ = cli("config")
     assert code == EXIT_OK

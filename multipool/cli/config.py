@@ -10,7 +10,7 @@ from typing import Any
 
 from multipool.cli.masking import MASK, Masker
 from multipool.cli.output import EXIT_OK, EXIT_USAGE, print_json, render_table
-from multipool.cli.sources import engine_of, is_multipool, load_source, select_aliases, vendor_of
+from multipool.cli.sources import engine_of, is_multipool, load_source, select_aliases, vendor_label
 
 
 def _shown_path(path: str | None, setting: str) -> str | None:
@@ -27,7 +27,7 @@ def describe_alias(alias: str, entry: Mapping[str, Any]) -> dict[str, Any]:
     from multipool.errors import ConfigurationError
 
     engine = engine_of(entry)
-    out: dict[str, Any] = {"alias": alias, "engine": engine, "vendor": vendor_of(entry)}
+    out: dict[str, Any] = {"alias": alias, "engine": engine, "vendor": vendor_label(entry)}
     try:
         spec = spec_of(alias, entry)
     except ConfigurationError as exc:

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from multipool.cli.output import error_text
-from multipool.cli.sources import ensure_settings, is_multipool, vendor_of
+from multipool.cli.sources import ensure_settings, is_multipool, vendor_label, vendor_of
 
 
 @contextlib.contextmanager
@@ -85,8 +85,8 @@ def _server_tls(conn: Any) -> tuple[str | None, str | None]:
 
 def probe(alias: str, entry: Mapping[str, Any], *, timeout: float = 10.0) -> dict[str, Any]:
     """Connect once (no pool) and report server version, TLS and round-trip time."""
-    result: dict[str, Any] = {"alias": alias, "vendor": vendor_of(entry), "ok": False}
-    if result["vendor"] == "sqlite":
+    result: dict[str, Any] = {"alias": alias, "vendor": vendor_label(entry), "ok": False}
+    if vendor_of(entry) == "sqlite":
         name = str(entry.get("NAME") or "")
         in_memory = name in ("", ":memory:") or "mode=memory" in name
         if not in_memory and not os.path.exists(name):

@@ -12,12 +12,18 @@ from typing import Any
 from multipool.cli.load import Progress, run_load
 from multipool.cli.masking import Masker
 from multipool.cli.output import EXIT_OK, EXIT_PROBLEMS, UsageError, ms, print_json, render_table
-from multipool.cli.sources import DEFAULT_PORTS, is_multipool, load_source, setup_django, vendor_of
+from multipool.cli.sources import (
+    DEFAULT_PORTS,
+    is_multipool,
+    load_source,
+    setup_django,
+    vendor_label,
+)
 from multipool.status import pool_status, render_pool_status
 
 
 def _demo_target(alias: str, entry: Mapping[str, Any]) -> str:
-    vendor = vendor_of(entry)
+    vendor = vendor_label(entry)
     if vendor == "sqlite":
         return f"sqlite {entry.get('NAME')}"
     host = entry.get("HOST") or "localhost"

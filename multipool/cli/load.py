@@ -46,7 +46,7 @@ class _DemoRequest:
     """The ``sender`` of the request signals sent by the demo."""
 
 
-def _session_id_sql(vendor: str) -> str:
+def _session_id_sql(vendor: str | None) -> str:
     if vendor == "postgresql":
         return "SELECT pg_backend_pid()"
     if vendor == "mysql":

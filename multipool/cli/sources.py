@@ -12,6 +12,7 @@ from typing import Any
 
 from multipool.cli.masking import Masker
 from multipool.cli.output import UsageError, error_text
+from multipool.config import ENGINES, engine_vendor
 
 DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306}
 
@@ -103,15 +104,18 @@ def engine_of(entry: Mapping[str, Any]) -> str:
 
 
 def is_multipool(entry: Mapping[str, Any]) -> bool:
-    return engine_of(entry).startswith("multipool.backends.")
+    """Whether the alias uses one of multipool's backends (so it has a pool)."""
+    return engine_of(entry) in ENGINES.values()
 
 
-def vendor_of(entry: Mapping[str, Any]) -> str:
-    engine = engine_of(entry)
-    for vendor, word in (("postgresql", "postgres"), ("mysql", "mysql"), ("sqlite", "sqlite")):
-        if word in engine:
-            return vendor
-    return engine.rsplit(".", 1)[-1] or "?"
+def vendor_of(entry: Mapping[str, Any]) -> str | None:
+    """``postgresql``, ``mysql`` or ``sqlite`` for the engines multipool knows, else None."""
+    return engine_vendor(engine_of(entry))
+
+
+def vendor_label(entry: Mapping[str, Any]) -> str:
+    """The vendor for display: :func:`vendor_of`, else the engine's last dotted component."""
+    return vendor_of(entry) or engine_of(entry).rsplit(".", 1)[-1] or "?"
 
 
 def select_aliases(source: Source, aliases: Sequence[str] | None) -> dict[str, dict[str, Any]]:
