@@ -71,69 +71,57 @@ def describe_alias(alias: str, entry: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: the table's columns; ``--json`` shows every setting
+_HEADERS = (
+    "ALIAS", "ROLE", "ENGINE", "HOST", "PORT", "DATABASE", "USER", "PASSWORD",
+    "POOL", "TIMEOUT", "CONN_MAX_AGE", "TLS", "CA", "CLIENT CERT",
+)
+
+
 def cmd_config(args: argparse.Namespace, masker: Masker) -> int:
     source = load_source(masker)
     described = [describe_alias(a, e) for a, e in select_aliases(source, args.alias).items()]
+    errors = [f"{d['alias']}: {d['error']}" for d in described if "error" in d]
     if args.json:
         print_json({"source": source.label, "aliases": described})
-        return EXIT_OK if not any("error" in d for d in described) else EXIT_USAGE
+        return EXIT_USAGE if errors else EXIT_OK
     print(f"source: {source.label}")
-    rows = []
-    errors = []
-    for d in described:
-        if "error" in d:
-            errors.append(f"{d['alias']}: {d['error']}")
-            continue
-        if not is_multipool({"ENGINE": d["engine"]}):
-            pool = "not pooled"
-        elif not d["pool"]["enabled"]:
-            pool = "off"
-        else:
-            pool = f"{d['pool']['size']}+{d['pool']['max_overflow']}"
-            if d["pool"]["pooler"]:
-                pool += f" via {d['pool']['pooler']}"
-        tls = d["tls"]
-        rows.append(
-            [
-                d["alias"],
-                d["role"],
-                d["vendor"],
-                d["host"],
-                d["port"],
-                d["database"],
-                d["user"],
-                d["password"],
-                pool,
-                f"{d['pool']['timeout']:g}s",
-                "None" if d["conn_max_age"] is None else d["conn_max_age"],
-                "n/a" if tls is None else tls["mode"],
-                None if tls is None else tls["ca"],
-                "n/a" if tls is None else ("yes" if tls["client_cert"] else "no"),
-            ]
-        )
+    rows = [_row(d) for d in described if "error" not in d]
     if rows:
-        print(
-            render_table(
-                [
-                    "ALIAS",
-                    "ROLE",
-                    "ENGINE",
-                    "HOST",
-                    "PORT",
-                    "DATABASE",
-                    "USER",
-                    "PASSWORD",
-                    "POOL",
-                    "TIMEOUT",
-                    "CONN_MAX_AGE",
-                    "TLS",
-                    "CA",
-                    "CLIENT CERT",
-                ],
-                rows,
-            )
-        )
+        print(render_table(_HEADERS, rows))
         print("POOL = pool_size+max_overflow per process; --json shows every setting")
     for line in errors:
         print(f"error: {line}", file=sys.stderr)
     return EXIT_USAGE if errors else EXIT_OK
+
+
+def _pool_text(d: Mapping[str, Any]) -> str:
+    """``5+10`` (pool_size+max_overflow), ``... via pgbouncer``, ``off`` or ``not pooled``."""
+    if not is_multipool({"ENGINE": d["engine"]}):
+        return "not pooled"
+    pool = d["pool"]
+    if not pool["enabled"]:
+        return "off"
+    text = f"{pool['size']}+{pool['max_overflow']}"
+    return f"{text} via {pool['pooler']}" if pool["pooler"] else text
+
+
+def _row(d: Mapping[str, Any]) -> list[Any]:
+    """One line of the table, from :func:`describe_alias` (``None`` shows as ``-``)."""
+    tls = d["tls"]
+    return [
+        d["alias"],
+        d["role"],
+        d["vendor"],
+        d["host"],
+        d["port"],
+        d["database"],
+        d["user"],
+        d["password"],
+        _pool_text(d),
+        f"{d['pool']['timeout']:g}s",
+        "None" if d["conn_max_age"] is None else d["conn_max_age"],
+        "n/a" if tls is None else tls["mode"],
+        None if tls is None else tls["ca"],
+        "n/a" if tls is None else ("yes" if tls["client_cert"] else "no"),
+    ]

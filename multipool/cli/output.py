@@ -15,6 +15,7 @@ __all__ = [
     "error_text",
     "ms",
     "one_line",
+    "plural",
     "print_json",
     "render_table",
 ]
@@ -38,6 +39,11 @@ def one_line(text: str, limit: int = 300) -> str:
 def error_text(exc: BaseException) -> str:
     """A one-line description of a driver error (masked later by the output stream)."""
     return one_line(f"{type(exc).__name__}: {exc}")
+
+
+def plural(count: int, word: str, many: str | None = None) -> str:
+    """``1 host``, ``2 hosts``; ``many`` for other plurals (``alias``, ``aliases``)."""
+    return f"{count} {word if count == 1 else many or word + 's'}"
 
 
 def print_json(data: Any) -> None:
