@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from multipool.cli.masking import Masker
 from multipool.cli.output import EXIT_OK, EXIT_PROBLEMS, UsageError, print_json, render_table
+
+if TYPE_CHECKING:
+    from multipool.certs import CertPaths
 
 
 def cmd_certs_init(args: argparse.Namespace, masker: Masker) -> int:
@@ -37,15 +41,13 @@ def cmd_certs_init(args: argparse.Namespace, masker: Masker) -> int:
     except OSError as exc:
         print(f"multipool: cannot write the certificates: {exc}", file=sys.stderr)
         return EXIT_PROBLEMS
-    files: list[tuple[str, str, str]] = [
+    files = [
         (str(paths.ca_cert), "CA certificate", "0644"),
         (str(paths.ca_key), "CA private key: keep it secret, it signs certificates", "0600"),
         (str(paths.server_cert), "server certificate", "0644"),
         (str(paths.server_key), "server private key", "0600"),
+        *_client_files(paths),
     ]
-    for user, (cert, key) in paths.clients.items():
-        files.append((str(cert), f"client certificate for user {user!r}", "0644"))
-        files.append((str(key), f"client private key for user {user!r}", "0600"))
     if args.json:
         print_json(
             {
@@ -58,7 +60,21 @@ def cmd_certs_init(args: argparse.Namespace, masker: Masker) -> int:
     verb = "wrote (--force: existing files replaced)" if args.force else "created"
     print(f"{verb} a development CA, valid {args.days} days, in {paths.directory}/:")
     print(render_table(["FILE", "MODE", "WHAT"], [[p, m, w] for p, w, m in files], indent="  "))
-    first = next(iter(paths.clients.items()), None)
+    _print_how_to_use(paths)
+    return EXIT_OK
+
+
+def _client_files(paths: CertPaths) -> list[tuple[str, str, str]]:
+    """``(path, what, mode)`` of each client certificate and key of the bundle."""
+    files = []
+    for user, (cert, key) in paths.clients.items():
+        files.append((str(cert), f"client certificate for user {user!r}", "0644"))
+        files.append((str(key), f"client private key for user {user!r}", "0600"))
+    return files
+
+
+def _print_how_to_use(paths: CertPaths) -> None:
+    """The server settings and the application environment that use the new bundle."""
     print()
     print("Server (PostgreSQL postgresql.conf):")
     print(
@@ -72,13 +88,13 @@ def cmd_certs_init(args: argparse.Namespace, masker: Masker) -> int:
     )
     print("Application environment:")
     print(f"  DATABASE_SSLMODE=verify-full\n  DATABASE_SSLROOTCERT={paths.ca_cert}")
+    first = next(iter(paths.clients.items()), None)
     if first is not None:
         cert, key = first[1]
         print(f"  # client certificate login ({first[0]})")
         print(f"  DATABASE_SSLCERT={cert}")
         print(f"  DATABASE_SSLKEY={key}")
     print("For development only: the keys are not encrypted.")
-    return EXIT_OK
 
 
 def cmd_certs_client(args: argparse.Namespace, masker: Masker) -> int:
@@ -99,13 +115,14 @@ def cmd_certs_client(args: argparse.Namespace, masker: Masker) -> int:
         return EXIT_PROBLEMS
     except (FileNotFoundError, ValueError) as exc:
         raise UsageError(str(exc)) from None
-    files = []
-    for user, (cert, key) in paths.clients.items():
-        files.append((str(cert), f"client certificate for user {user!r}", "0644"))
-        files.append((str(key), f"client private key for user {user!r}", "0600"))
+    files = _client_files(paths)
     if args.json:
-        print_json({"directory": str(paths.directory),
-                     "files": [{"path": p, "what": w, "mode": m} for p, w, m in files]})
+        print_json(
+            {
+                "directory": str(paths.directory),
+                "files": [{"path": p, "what": w, "mode": m} for p, w, m in files],
+            }
+        )
         return EXIT_OK
     print(f"issued by {paths.ca_cert}, valid {args.days} days:")
     print(render_table(["FILE", "MODE", "WHAT"], [[p, m, w] for p, w, m in files], indent="  "))
