@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from multipool.cli.connect import direct_connection, fetch
@@ -13,6 +14,7 @@ from multipool.cli.output import (
     EXIT_PROBLEMS,
     UsageError,
     error_text,
+    plural,
     print_json,
     render_table,
 )
@@ -61,9 +63,6 @@ def server_connection_limit(conn: Any) -> dict[str, int]:
 
 
 def cmd_budget(args: argparse.Namespace, masker: Masker) -> int:
-    from multipool.checks import spec_of
-    from multipool.errors import ConfigurationError
-
     if args.workers < 1 or args.hosts < 1 or args.threads < 1:
         raise UsageError("--workers, --hosts and --threads must be at least 1")
     if args.max_connections is not None and args.max_connections < 1:
@@ -71,6 +70,47 @@ def cmd_budget(args: argparse.Namespace, masker: Masker) -> int:
     source = load_source(masker)
     databases = select_aliases(source, args.alias)
     processes = args.workers * args.hosts
+    groups, skipped = _group_by_server(databases, threads=args.threads, processes=processes)
+    servers = [_server_budget(name, members, args, processes) for name, members in groups.items()]
+    over = any(s["status"] == "OVER" for s in servers)
+    failed = any(s["status"] == "FAILED" for s in servers)
+    code = EXIT_PROBLEMS if over or failed else EXIT_OK
+    if args.json:
+        aliases = [
+            {k: v for k, v in m.items() if not k.endswith("_setting") and k != "entry"}
+            for members in groups.values()
+            for m in members
+        ]
+        print_json(
+            {
+                "source": source.label,
+                "workers": args.workers,
+                "hosts": args.hosts,
+                "threads": args.threads,
+                "processes": processes,
+                "aliases": aliases,
+                "servers": servers,
+                "skipped": skipped,
+                "over_budget": over,
+            }
+        )
+        return code
+    print(
+        f"fleet: {plural(args.hosts, 'host')} x {plural(args.workers, 'worker')} = "
+        f"{processes} processes (source: {source.label})"
+    )
+    _print_tables(groups, servers, threads=args.threads)
+    _print_notes(servers, skipped, connect=args.connect)
+    return code
+
+
+def _group_by_server(
+    databases: Mapping[str, Any], *, threads: int, processes: int
+) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]]:
+    """``({server: [alias demand, ...]}, [skipped alias, ...])``: the aliases sharing a
+    server add up; SQLite aliases are skipped (no server)."""
+    from multipool.checks import spec_of
+    from multipool.errors import ConfigurationError
 
     groups: dict[str, list[dict[str, Any]]] = {}
     skipped: list[dict[str, Any]] = []
@@ -83,7 +123,7 @@ def cmd_budget(args: argparse.Namespace, masker: Masker) -> int:
             skipped.append({"alias": alias, "reason": "SQLite is embedded: no server connections"})
             continue
         pooled = is_multipool(entry) and spec.pool.enabled
-        per_process = spec.pool.size + spec.pool.max_overflow if pooled else args.threads
+        per_process = spec.pool.size + spec.pool.max_overflow if pooled else threads
         port = spec.port or DEFAULT_PORTS.get(spec.vendor)
         server = f"{spec.vendor}://{server_host(spec.host)}:{port}"
         groups.setdefault(server, []).append(
@@ -102,109 +142,91 @@ def cmd_budget(args: argparse.Namespace, masker: Masker) -> int:
                 "pooler_setting": spec.setting("pooler"),
             }
         )
+    return groups, skipped
 
-    servers: list[dict[str, Any]] = []
-    over = False
-    failed = False
-    for server, members in groups.items():
-        demand = sum(m["fleet"] for m in members)
-        info: dict[str, Any] = {
-            "server": server,
-            "vendor": members[0]["vendor"],
-            "aliases": [m["alias"] for m in members],
-            "demand": demand,
-            "available": None,
-            "max_connections": None,
-            "status": "unknown",
-            "advice": [],
-        }
-        behind_pooler = next((m["pooler"] for m in members if m["pooler"]), None)
-        if behind_pooler:
-            info["status"] = "n/a"
-            info["note"] = (
-                f"behind {behind_pooler}: compare with the pooler's client limit "
-                "(max_client_conn), not the server's max_connections"
-            )
-        elif args.max_connections is not None:
-            info["available"] = info["max_connections"] = args.max_connections
-        elif args.connect:
-            first = members[0]
-            try:
-                with direct_connection(first["alias"], first["entry"], timeout=args.timeout) as c:
-                    limit = server_connection_limit(c)
-                info.update(limit)
-            except Exception as exc:
-                info["status"] = "FAILED"
-                info["error"] = error_text(exc)
-                failed = True
-        if info["available"] is not None:
-            available = int(info["available"])
-            if demand > available:
-                info["status"] = "OVER"
-                over = True
-                info["advice"] = _budget_advice(members, available, processes)
-            else:
-                info["status"] = "ok"
-            info["headroom"] = available - demand
-        servers.append(info)
 
-    code = EXIT_PROBLEMS if over or failed else EXIT_OK
-    aliases = [
-        {k: v for k, v in m.items() if not k.endswith("_setting") and k != "entry"}
+def _server_budget(
+    server: str, members: list[dict[str, Any]], args: argparse.Namespace, processes: int
+) -> dict[str, Any]:
+    """One server's worst case against its limit (given, read with ``--connect``, or
+    unknown); ``status`` is ``ok``, ``OVER``, ``FAILED`` (connect), ``n/a`` or ``unknown``."""
+    demand = sum(m["fleet"] for m in members)
+    info: dict[str, Any] = {
+        "server": server,
+        "vendor": members[0]["vendor"],
+        "aliases": [m["alias"] for m in members],
+        "demand": demand,
+        "available": None,
+        "max_connections": None,
+        "status": "unknown",
+        "advice": [],
+    }
+    behind_pooler = next((m["pooler"] for m in members if m["pooler"]), None)
+    if behind_pooler:
+        info["status"] = "n/a"
+        info["note"] = (
+            f"behind {behind_pooler}: compare with the pooler's client limit "
+            "(max_client_conn), not the server's max_connections"
+        )
+    elif args.max_connections is not None:
+        info["available"] = info["max_connections"] = args.max_connections
+    elif args.connect:
+        first = members[0]
+        try:
+            with direct_connection(first["alias"], first["entry"], timeout=args.timeout) as conn:
+                info.update(server_connection_limit(conn))
+        except Exception as exc:
+            info["status"] = "FAILED"
+            info["error"] = error_text(exc)
+    if info["available"] is not None:
+        available = int(info["available"])
+        if demand > available:
+            info["status"] = "OVER"
+            info["advice"] = _budget_advice(members, available, processes)
+        else:
+            info["status"] = "ok"
+        info["headroom"] = available - demand
+    return info
+
+
+def _print_tables(
+    groups: Mapping[str, list[dict[str, Any]]], servers: list[dict[str, Any]], *, threads: int
+) -> None:
+    """Per alias, then per server (nothing when every alias was skipped)."""
+    not_pooled = f"not pooled ({plural(threads, 'thread')})"
+    rows = [
+        [
+            m["alias"],
+            f"{m['pool_size']}+{m['max_overflow']}" if m["pooled"] else not_pooled,
+            m["per_process"],
+            m["fleet"],
+        ]
         for members in groups.values()
         for m in members
     ]
-    if args.json:
-        print_json(
-            {
-                "source": source.label,
-                "workers": args.workers,
-                "hosts": args.hosts,
-                "threads": args.threads,
-                "processes": processes,
-                "aliases": aliases,
-                "servers": servers,
-                "skipped": skipped,
-                "over_budget": over,
-            }
-        )
-        return code
+    if not rows:
+        return
+    print(render_table(["ALIAS", "POOL", "PER PROCESS", "FLEET WORST CASE"], rows))
+    print()
+    server_rows = [
+        [
+            s["server"],
+            ", ".join(s["aliases"]),
+            s["demand"],
+            s.get("max_connections"),
+            s.get("available"),
+            s["status"],
+        ]
+        for s in servers
+    ]
+    headers = ["SERVER", "ALIASES", "WORST CASE", "MAX_CONNECTIONS", "AVAILABLE", "STATUS"]
+    print(render_table(headers, server_rows))
 
-    print(
-        f"fleet: {args.hosts} host{'s' if args.hosts != 1 else ''} x {args.workers} "
-        f"worker{'s' if args.workers != 1 else ''} = {processes} processes "
-        f"(source: {source.label})"
-    )
-    rows = []
-    for members in groups.values():
-        for m in members:
-            pool = (
-                f"{m['pool_size']}+{m['max_overflow']}"
-                if m["pooled"]
-                else f"not pooled ({args.threads} thread{'s' if args.threads != 1 else ''})"
-            )
-            rows.append([m["alias"], pool, m["per_process"], m["fleet"]])
-    if rows:
-        print(render_table(["ALIAS", "POOL", "PER PROCESS", "FLEET WORST CASE"], rows))
-        print()
-        srows = []
-        for s in servers:
-            srows.append(
-                [
-                    s["server"],
-                    ", ".join(s["aliases"]),
-                    s["demand"],
-                    s.get("max_connections"),
-                    s.get("available"),
-                    s["status"],
-                ]
-            )
-        print(
-            render_table(
-                ["SERVER", "ALIASES", "WORST CASE", "MAX_CONNECTIONS", "AVAILABLE", "STATUS"],
-                srows,
-            )
-        )
+
+def _print_notes(
+    servers: list[dict[str, Any]], skipped: list[dict[str, Any]], *, connect: bool
+) -> None:
+    """Notes, connect errors and advice per server; skipped aliases; what to give next."""
     for s in servers:
         if s.get("note"):
             print(f"{s['server']}: {s['note']}")
@@ -220,9 +242,8 @@ def cmd_budget(args: argparse.Namespace, masker: Masker) -> int:
                 print(f"  - {line}")
     for sk in skipped:
         print(f"{sk['alias']}: skipped ({sk['reason']})")
-    if all(s["available"] is None for s in servers) and servers and not args.connect:
+    if all(s["available"] is None for s in servers) and servers and not connect:
         print("give --max-connections K or --connect to compare with the server's limit")
-    return code
 
 
 def _budget_advice(members: list[dict[str, Any]], available: int, processes: int) -> list[str]:
