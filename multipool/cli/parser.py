@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from typing import TypeAlias
 
 from multipool import __version__
 from multipool.cli.budget import cmd_budget
@@ -12,10 +13,16 @@ from multipool.cli.certs import cmd_certs_client, cmd_certs_init
 from multipool.cli.check import cmd_check
 from multipool.cli.config import cmd_config
 from multipool.cli.demo import cmd_demo
+from multipool.cli.masking import Masker
 from multipool.cli.output import EXIT_USAGE
 from multipool.cli.status import cmd_status
 
 _EPILOG = "exit codes: 0 ok, 1 problems found, 2 usage or configuration error"
+
+
+#: a command: (parsed arguments, the output's masker) -> exit code
+Handler: TypeAlias = Callable[[argparse.Namespace, Masker], int]
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,25 +36,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"multipool {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (_add_config, _add_check, _add_certs, _add_budget, _add_demo, _add_status):
+        add(sub)
+    return parser
 
-    def add(name: str, help_text: str, handler: Callable[..., int]) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text, epilog=_EPILOG)
-        p.set_defaults(handler=handler)
-        return p
 
-    def json_flag(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--json", action="store_true", help="machine-readable output")
+def _command(
+    sub: Subparsers, name: str, help_text: str, handler: Handler
+) -> argparse.ArgumentParser:
+    """A subcommand whose description is its help text, run by ``handler``."""
+    p = sub.add_parser(name, help=help_text, description=help_text, epilog=_EPILOG)
+    p.set_defaults(handler=handler)
+    return p
 
-    def alias_flag(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--alias", action="append", metavar="ALIAS", help="only this alias (repeatable)"
-        )
 
-    p = add("config", "Show every alias as resolved (passwords shown as ***).", cmd_config)
-    alias_flag(p)
-    json_flag(p)
+def _json_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    p = add(
+
+def _alias_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--alias", action="append", metavar="ALIAS", help="only this alias (repeatable)")
+
+
+def _add_config(sub: Subparsers) -> None:
+    p = _command(
+        sub, "config", "Show every alias as resolved (passwords shown as ***).", cmd_config
+    )
+    _alias_flag(p)
+    _json_flag(p)
+
+
+def _add_check(sub: Subparsers) -> None:
+    p = _command(
+        sub,
         "check",
         "Run multipool's system checks on the configured aliases; --connect also connects.",
         cmd_check,
@@ -68,15 +89,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--timeout", type=float, default=10.0, help="connect timeout in seconds (default 10)"
     )
-    alias_flag(p)
-    json_flag(p)
+    _alias_flag(p)
+    _json_flag(p)
 
+
+def _add_certs(sub: Subparsers) -> None:
     certs = sub.add_parser(
         "certs", help="Development certificates.", description="Development certificates."
     )
-    certs_sub = certs.add_subparsers(dest="certs_command", metavar="ACTION")
+    actions = certs.add_subparsers(dest="certs_command", metavar="ACTION")
     certs.set_defaults(handler=lambda a, m: _missing_action(certs))
-    p = certs_sub.add_parser(
+    p = actions.add_parser(
         "init",
         help="Create a dev CA, a server certificate and client certificates.",
         description="Create a development CA (ca.crt/ca.key), a server certificate "
@@ -94,11 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="USER",
         help="client certificate for this database user (repeatable; default certuser)",
     )
-    p.add_argument("--days", type=int, default=825, help="validity in days (default 825)")
-    p.add_argument("--key-type", choices=["ec", "rsa"], default="ec", help="default ec")
-    p.add_argument("--force", action="store_true", help="overwrite existing files")
-    json_flag(p)
-    p = certs_sub.add_parser(
+    _cert_options(p)
+    p = actions.add_parser(
         "client",
         help="Add client certificates signed by an existing CA.",
         description="Issue client certificates (client-USER.crt/.key) signed by the CA "
@@ -109,12 +129,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_certs_client)
     p.add_argument("directory", help="the bundle's directory (with ca.crt and ca.key)")
     p.add_argument("user", nargs="+", help="database user (one certificate each)")
+    _cert_options(p)
+
+
+def _cert_options(p: argparse.ArgumentParser) -> None:
+    """What certs init and certs client share."""
     p.add_argument("--days", type=int, default=825, help="validity in days (default 825)")
     p.add_argument("--key-type", choices=["ec", "rsa"], default="ec", help="default ec")
     p.add_argument("--force", action="store_true", help="overwrite existing files")
-    json_flag(p)
+    _json_flag(p)
 
-    p = add(
+
+def _add_budget(sub: Subparsers) -> None:
+    p = _command(
+        sub,
         "budget",
         "Worst-case server connections of the fleet (workers x hosts x (pool_size + "
         "max_overflow)) against the server's max_connections.",
@@ -139,10 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
         "connections; MySQL: @@max_connections)",
     )
     p.add_argument("--timeout", type=float, default=10.0, help="connect timeout in seconds")
-    alias_flag(p)
-    json_flag(p)
+    _alias_flag(p)
+    _json_flag(p)
 
-    p = add(
+
+def _add_demo(sub: Subparsers) -> None:
+    p = _command(
+        sub,
         "demo",
         "Simulated request load through Django: pooled vs a new connection per request.",
         cmd_demo,
@@ -150,19 +181,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--requests", type=int, default=500, help="requests per run (default 500)")
     p.add_argument("--threads", type=int, default=4, help="concurrent threads (default 4)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    alias_flag(p)
-    json_flag(p)
+    _alias_flag(p)
+    _json_flag(p)
 
-    p = add(
-        "status", "Pool statistics of this process (see manage.py multipool_status).", cmd_status
+
+def _add_status(sub: Subparsers) -> None:
+    p = _command(
+        sub,
+        "status",
+        "Pool statistics of this process (see manage.py multipool_status).",
+        cmd_status,
     )
     p.add_argument(
         "--connect",
         action="store_true",
         help="check out and return one connection per pooled alias first",
     )
-    json_flag(p)
-    return parser
+    _json_flag(p)
 
 
 def _missing_action(parser: argparse.ArgumentParser) -> int:
