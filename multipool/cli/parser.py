@@ -202,5 +202,5 @@ def _add_status(sub: Subparsers) -> None:
 
 def _missing_action(parser: argparse.ArgumentParser) -> int:
     parser.print_usage(sys.stderr)
-    print(f"{parser.prog}: error: choose an action (init)", file=sys.stderr)
+    print(f"{parser.prog}: error: choose an action (init or client)", file=sys.stderr)
     return EXIT_USAGE
