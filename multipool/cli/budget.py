@@ -19,9 +19,12 @@ from multipool.cli.output import (
     render_table,
 )
 from multipool.cli.sources import DEFAULT_PORTS, is_multipool, load_source, select_aliases
+from multipool.errors import ConfigurationError
 
+#: the transaction pooler the advice suggests per vendor
 _POOLER_FOR = {"postgresql": "PgBouncer", "mysql": "ProxySQL"}
 
+#: names of this machine besides 127.0.0.1 and ::1
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 
 
@@ -110,7 +113,6 @@ def _group_by_server(
     """``({server: [alias demand, ...]}, [skipped alias, ...])``: the aliases sharing a
     server add up; SQLite aliases are skipped (no server)."""
     from multipool.checks import spec_of
-    from multipool.errors import ConfigurationError
 
     groups: dict[str, list[dict[str, Any]]] = {}
     skipped: list[dict[str, Any]] = []
@@ -247,6 +249,7 @@ def _print_notes(
 
 
 def _budget_advice(members: list[dict[str, Any]], available: int, processes: int) -> list[str]:
+    """How to fit the aliases of one server into ``available`` connections."""
     vendor = members[0]["vendor"]
     share = available // (processes * len(members))
     advice = []

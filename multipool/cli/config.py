@@ -6,14 +6,19 @@ import argparse
 import dataclasses
 import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from multipool.cli.masking import MASK, Masker
 from multipool.cli.output import EXIT_OK, EXIT_USAGE, print_json, render_table
 from multipool.cli.sources import engine_of, is_multipool, load_source, select_aliases, vendor_label
+from multipool.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from multipool.config import DatabaseSpec
 
 
 def _shown_path(path: str | None, setting: str) -> str | None:
+    """A TLS file's path, or where its PEM text came from (never the text)."""
     if path is None:
         return None
     if "multipool-tls-" in path:  # PEM text given in the setting, written to a private file
@@ -24,7 +29,6 @@ def _shown_path(path: str | None, setting: str) -> str | None:
 def describe_alias(alias: str, entry: Mapping[str, Any]) -> dict[str, Any]:
     """Everything about one alias, for display: never a password (``***`` when set)."""
     from multipool.checks import spec_of
-    from multipool.errors import ConfigurationError
 
     engine = engine_of(entry)
     out: dict[str, Any] = {"alias": alias, "engine": engine, "vendor": vendor_label(entry)}
@@ -38,7 +42,6 @@ def describe_alias(alias: str, entry: Mapping[str, Any]) -> dict[str, Any]:
         return out
     pooled = is_multipool(entry) and spec.pool.enabled
     role = "primary" if spec.replica_of is None else f"replica of {spec.replica_of}"
-    tls = spec.tls
     out.update(
         {
             "vendor": spec.vendor,
@@ -52,23 +55,27 @@ def describe_alias(alias: str, entry: Mapping[str, Any]) -> dict[str, Any]:
             "pooled": pooled,
             "pool": dataclasses.asdict(spec.pool),
             "conn_max_age": spec.conn_max_age,
-            "tls": None
-            if spec.vendor == "sqlite"
-            else {
-                "mode": tls.mode or "driver default",
-                "verifies": tls.verifies,
-                "ca": _shown_path(tls.ca, spec.setting("tls_ca")),
-                "client_cert": tls.cert is not None,
-                "cert": _shown_path(tls.cert, spec.setting("tls_cert")),
-                "key": _shown_path(tls.key, spec.setting("tls_key")),
-                "key_encrypted": bool(tls.key_password),
-                "min_version": tls.min_version,
-                "crl": tls.crl is not None,
-            },
+            "tls": None if spec.vendor == "sqlite" else _describe_tls(spec),
             "settings": {k: v for k, v in spec.settings},
         }
     )
     return out
+
+
+def _describe_tls(spec: DatabaseSpec) -> dict[str, Any]:
+    """The alias's TLS settings: file paths and flags, never a key or a passphrase."""
+    tls = spec.tls
+    return {
+        "mode": tls.mode or "driver default",
+        "verifies": tls.verifies,
+        "ca": _shown_path(tls.ca, spec.setting("tls_ca")),
+        "client_cert": tls.cert is not None,
+        "cert": _shown_path(tls.cert, spec.setting("tls_cert")),
+        "key": _shown_path(tls.key, spec.setting("tls_key")),
+        "key_encrypted": bool(tls.key_password),
+        "min_version": tls.min_version,
+        "crl": tls.crl is not None,
+    }
 
 
 #: the table's columns; ``--json`` shows every setting

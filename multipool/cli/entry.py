@@ -6,17 +6,20 @@ import os
 import sys
 from collections.abc import Sequence
 
+from django.core.exceptions import ImproperlyConfigured
+
 from multipool.cli.masking import Masker, masked_output
 from multipool.cli.output import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, UsageError, one_line
 from multipool.cli.parser import build_parser
+from multipool.errors import ConfigurationError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``multipool`` console script; returns the exit code."""
-    from django.core.exceptions import ImproperlyConfigured
+    """Entry point of the ``multipool`` console script; returns the exit code.
 
-    from multipool.errors import ConfigurationError
-
+    Everything written to stdout/stderr meanwhile goes through the masker, which
+    knows the secrets of the environment (and, once loaded, of the settings).
+    """
     masker = Masker()
     masker.add_environment(os.environ)
     with masked_output(masker):

@@ -113,6 +113,7 @@ class _MaskedStream(io.TextIOBase):
 
 @contextlib.contextmanager
 def masked_output(masker: Masker) -> Iterator[None]:
+    """stdout and stderr through ``masker`` while inside."""
     saved = sys.stdout, sys.stderr
     sys.stdout = _MaskedStream(sys.stdout, masker)
     sys.stderr = _MaskedStream(sys.stderr, masker)

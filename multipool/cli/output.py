@@ -20,10 +20,10 @@ __all__ = [
     "render_table",
 ]
 
+#: exit codes: ok; problems found (a failed check or connect, over budget, refused
+#: to overwrite); wrong usage or an unusable configuration
 EXIT_OK = 0
-
 EXIT_PROBLEMS = 1
-
 EXIT_USAGE = 2
 
 
@@ -32,6 +32,7 @@ class UsageError(Exception):
 
 
 def one_line(text: str, limit: int = 300) -> str:
+    """``text`` on one line, shortened to ``limit`` characters."""
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -47,8 +48,10 @@ def plural(count: int, word: str, many: str | None = None) -> str:
 
 
 def print_json(data: Any) -> None:
+    """``--json`` output: indented, anything not JSON as its ``str()``."""
     print(json.dumps(data, indent=2, default=str))
 
 
 def ms(seconds: float | None) -> str:
+    """``1.25 ms`` (``-`` for none)."""
     return "-" if seconds is None else f"{seconds * 1000:.2f} ms"

@@ -13,7 +13,10 @@ from typing import Any
 from multipool.cli.masking import Masker
 from multipool.cli.output import UsageError, error_text
 from multipool.config import ENGINES, engine_vendor
+from multipool.config import databases as env_databases
+from multipool.errors import ConfigurationError
 
+#: the port of a server when the settings name none
 DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306}
 
 
@@ -28,9 +31,8 @@ class Source:
 
 
 def load_source(masker: Masker | None = None) -> Source:
-    """Django settings when ``DJANGO_SETTINGS_MODULE`` is set, else the environment."""
-    from multipool.errors import ConfigurationError
-
+    """Django settings when ``DJANGO_SETTINGS_MODULE`` is set, else the environment
+    (read from the current directory: ``.env`` / ``settings.ini`` upward)."""
     module = os.environ.get("DJANGO_SETTINGS_MODULE")
     if module:
         from django.conf import settings
@@ -47,8 +49,6 @@ def load_source(masker: Masker | None = None) -> Source:
             ) from None
         source = Source(f"Django settings {module}", databases, routers, from_settings=True)
     else:
-        from multipool.config import databases as env_databases
-
         source = Source("environment", env_databases(search_path=os.getcwd(), validate=False))
     if masker is not None:
         masker.add_databases(source.databases)
@@ -63,11 +63,9 @@ def setup_django(source: Source | None = None) -> None:
     if os.environ.get("DJANGO_SETTINGS_MODULE"):
         try:
             django.setup()
+        except ConfigurationError:
+            raise
         except Exception as exc:
-            from multipool.errors import ConfigurationError
-
-            if isinstance(exc, ConfigurationError):
-                raise
             raise UsageError(f"cannot set up Django: {error_text(exc)}") from None
         return
     if settings.configured:
@@ -99,6 +97,7 @@ def ensure_settings() -> None:
 
 
 def engine_of(entry: Mapping[str, Any]) -> str:
+    """The entry's ENGINE (``""`` when missing)."""
     engine = entry.get("ENGINE")
     return engine if isinstance(engine, str) else ""
 
@@ -119,6 +118,7 @@ def vendor_label(entry: Mapping[str, Any]) -> str:
 
 
 def select_aliases(source: Source, aliases: Sequence[str] | None) -> dict[str, dict[str, Any]]:
+    """The ``--alias`` ones (every alias when none is given); an unknown one is a usage error."""
     if not aliases:
         return dict(source.databases)
     unknown = [a for a in aliases if a not in source.databases]
