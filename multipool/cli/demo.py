@@ -25,15 +25,6 @@ from multipool.status import pool_status, render_pool_status
 _LABELS = {"pooled": "pooled", "unpooled": "new connection per request"}
 
 
-def _demo_target(alias: str, entry: Mapping[str, Any]) -> str:
-    vendor = vendor_label(entry)
-    if vendor == "sqlite":
-        return f"sqlite {entry.get('NAME')}"
-    host = entry.get("HOST") or "localhost"
-    port = entry.get("PORT") or DEFAULT_PORTS.get(vendor, "")
-    return f"{vendor} {host}:{port}/{entry.get('NAME')}"
-
-
 def cmd_demo(args: argparse.Namespace, masker: Masker) -> int:
     if args.requests < 1 or args.threads < 1:
         raise UsageError("--requests and --threads must be at least 1")
@@ -125,7 +116,7 @@ def _demo_alias(
     if not args.json:
         print()
         print(
-            f"alias {alias!r}: {_demo_target(alias, entry)} "
+            f"alias {alias!r}: {_demo_target(entry)} "
             f"(pool_size {spec.pool.size}, max_overflow {spec.pool.max_overflow}"
             f"{', pooling DISABLED in the settings' if not spec.pool.enabled else ''})"
         )
@@ -146,7 +137,7 @@ def _demo_alias(
     result: dict[str, Any] = {
         "alias": alias,
         "vendor": spec.vendor,
-        "target": _demo_target(alias, entry),
+        "target": _demo_target(entry),
         "pool_size": spec.pool.size,
         "max_overflow": spec.pool.max_overflow,
         "conn_max_age": spec.conn_max_age,
@@ -160,6 +151,16 @@ def _demo_alias(
     if not args.json:
         _print_demo_result(result)
     return result
+
+
+def _demo_target(entry: Mapping[str, Any]) -> str:
+    """``postgresql db.example:5432/app`` or ``sqlite /path/db.sqlite3``."""
+    vendor = vendor_label(entry)
+    if vendor == "sqlite":
+        return f"sqlite {entry.get('NAME')}"
+    host = entry.get("HOST") or "localhost"
+    port = entry.get("PORT") or DEFAULT_PORTS.get(vendor, "")
+    return f"{vendor} {host}:{port}/{entry.get('NAME')}"
 
 
 def _timed_runs(

@@ -19,13 +19,13 @@ from multipool.cli.status import cmd_status
 
 _EPILOG = "exit codes: 0 ok, 1 problems found, 2 usage or configuration error"
 
-
 #: a command: (parsed arguments, the output's masker) -> exit code
 Handler: TypeAlias = Callable[[argparse.Namespace, Masker], int]
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``multipool`` parser; each subcommand sets ``handler``, the function that runs it."""
     parser = argparse.ArgumentParser(
         prog="multipool",
         description="Connection pools of your Django database aliases: configuration, "
@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"multipool {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # in the order --help lists them
     for add in (_add_config, _add_check, _add_certs, _add_budget, _add_demo, _add_status):
         add(sub)
     return parser
