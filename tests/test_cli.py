@@ -174,6 +174,24 @@ def test_masker_masks_secret_variants_and_private_keys() -> None:
 # -- config -----------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("engine", "vendor", "label"),
+    [
+        ("multipool.backends.postgresql", "postgresql", "postgresql"),
+        ("django.db.backends.mysql", "mysql", "mysql"),
+        ("django.db.backends.sqlite3", "sqlite", "sqlite"),
+        ("django.contrib.gis.db.backends.postgis", None, "postgis"),
+        ("", None, "?"),
+    ],
+)
+def test_vendor_comes_from_the_configuration(engine: str, vendor: str | None, label: str) -> None:
+    """Vendor logic uses multipool.config.engine_vendor(); other engines get a display label."""
+    from multipool.cli.sources import vendor_label, vendor_of
+
+    assert vendor_of({"ENGINE": engine}) == vendor
+    assert vendor_label({"ENGINE": engine}) == label
+
+
 def test_config_default_is_embedded_sqlite(cli: Callable[..., Result]) -> None:
     code, out, _ = cli("config")
     assert code == EXIT_OK
@@ -713,6 +731,31 @@ def test_management_command_shows_live_pool_stats(used_alias: Any) -> None:
     call_command("multipool_status", stdout=out)
     line = next(x for x in out.getvalue().splitlines() if x.startswith(used_alias.alias))
     assert "active" in line
+
+
+@pytest.mark.parametrize("value", ["no", "off", "false", "0", False, 0])
+def test_pool_status_reads_pool_enabled_as_the_configuration_does(
+    value: object, tmp_path: Path
+) -> None:
+    """``pool_enabled="no"`` turns the pool off, so the status says so (not "no pool yet")."""
+    from multipool.status import pool_status
+
+    def entry(engine: str, **options: object) -> dict[str, Any]:
+        return {"ENGINE": engine, "NAME": str(tmp_path / "db.sqlite3"), "OPTIONS": options}
+
+    databases = {
+        "status_off": entry("multipool.backends.sqlite3", pool_enabled=value),
+        "status_on": entry("multipool.backends.sqlite3", pool_enabled="yes"),
+        "status_bad": entry("multipool.backends.sqlite3", pool_enabled="maybe"),
+        "status_stock": entry("django.db.backends.sqlite3"),
+    }
+    states = {r["alias"]: r["state"] for r in pool_status(databases) if r["alias"] in databases}
+    assert states == {
+        "status_off": "pool disabled",
+        "status_on": "no pool yet",
+        "status_bad": "invalid settings",
+        "status_stock": "not pooled",
+    }
 
 
 def test_status_subcommand_and_connect_option(cli: Callable[..., Result], used_alias: Any) -> None:

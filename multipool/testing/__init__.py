@@ -29,6 +29,11 @@ Backends, tried in this order for each engine:
    MariaDB ``mariadb-install-db``/``mariadbd``) in a temporary directory on a free
    port of 127.0.0.1.
 
+Modules, each importing only those listed before it: ``servers`` (base classes
+and helpers), ``postgres`` and ``mysql`` (the servers, their users, local
+binaries), ``containers``, ``external``, ``start`` (picks the backend),
+``replica``, ``pgbouncer_process`` and ``pgbouncer``, ``plugin`` (pytest).
+
 Environment variables:
 
 ``MULTIPOOL_TEST_BACKEND``
@@ -67,9 +72,8 @@ from multipool.testing.servers import (
     ServerStartError,
     TestServer,
     TestUser,
-    start_mysql,
-    start_postgres,
 )
+from multipool.testing.start import start_mysql, start_postgres
 
 __all__ = [
     "STARTUP_LOG",

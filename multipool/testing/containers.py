@@ -14,9 +14,10 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from multipool.certs import CertPaths, generate_dev_certs
+from multipool.testing import mysql, postgres
 from multipool.testing.servers import (
     ENV_MYSQL_IMAGE,
     ENV_POSTGRES_IMAGE,
@@ -28,10 +29,6 @@ from multipool.testing.servers import (
     poll,
     remove_tree,
 )
-
-if TYPE_CHECKING:
-    from multipool.testing.mysql import MySQLServer
-    from multipool.testing.postgres import PostgresServer
 
 __all__ = [
     "ContainerController",
@@ -172,10 +169,8 @@ def _wait_ready(server: TestServer, controller: ContainerController) -> None:
 
 def start_postgres_container(
     workdir: str | os.PathLike[str] | None = None,
-) -> PostgresServer:
+) -> postgres.PostgresServer:
     """PostgreSQL in a container (``MULTIPOOL_TEST_POSTGRES_IMAGE``, default postgres:16)."""
-    from multipool.testing import postgres
-
     started = time.monotonic()
     image = os.environ.get(ENV_POSTGRES_IMAGE) or DEFAULT_POSTGRES_IMAGE
     base, owned = make_workdir(workdir, "multipool-pg-container-")
@@ -228,10 +223,8 @@ def start_postgres_container(
     return server
 
 
-def start_mysql_container(workdir: str | os.PathLike[str] | None = None) -> MySQLServer:
+def start_mysql_container(workdir: str | os.PathLike[str] | None = None) -> mysql.MySQLServer:
     """MySQL in a container (``MULTIPOOL_TEST_MYSQL_IMAGE``, default mysql:8)."""
-    from multipool.testing import mysql
-
     started = time.monotonic()
     image = os.environ.get(ENV_MYSQL_IMAGE) or DEFAULT_MYSQL_IMAGE
     base, owned = make_workdir(workdir, "multipool-mysql-container-")

@@ -1,9 +1,12 @@
-"""MySQL/MariaDB test server: local MariaDB binaries, a container, or an external server."""
+"""MySQL/MariaDB test server: the server object, its users and database, and local binaries.
+
+Containers: :mod:`multipool.testing.containers`; existing servers:
+:mod:`multipool.testing.external`; which one: :mod:`multipool.testing.start`.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import re
 import shutil
@@ -12,19 +15,13 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from multipool.certs import CertPaths, generate_dev_certs, load_dev_certs
+from multipool.certs import CertPaths, generate_dev_certs
 from multipool.testing.servers import (
-    ENV_BACKEND,
-    ENV_MYSQL_CERTS,
-    ENV_MYSQL_URL,
     TLS_MODES,
-    ExternalController,
     ServerControlError,
     ServerStartError,
     TestServer,
     TestUser,
-    choose_backend,
-    external_target,
     free_port,
     make_workdir,
     new_password,
@@ -33,9 +30,7 @@ from multipool.testing.servers import (
     tail,
 )
 
-__all__ = ["SSL_MODES", "LocalMariaDB", "MySQLServer", "start", "start_local"]
-
-logger = logging.getLogger("multipool.testing")
+__all__ = ["SSL_MODES", "LocalMariaDB", "MySQLServer", "start_local"]
 
 CLIENT_CERT_USERS = ("certuser", "app")
 ADMIN_USER = "admin"
@@ -480,50 +475,3 @@ def start_local(
         raise
     server._register(started)
     return server
-
-
-# -- external -------------------------------------------------------------------------
-
-
-def start_external() -> MySQLServer:
-    """Attach to the server named by ``MULTIPOOL_TEST_MYSQL_URL``."""
-    started = time.monotonic()
-    target = external_target(
-        ENV_MYSQL_URL, ENV_MYSQL_CERTS, ("mysql", "mariadb"), "mysql://ADMIN:PASSWORD@HOST:PORT/"
-    )
-    users = default_users(derive_from=target.url)
-    port = target.port or 3306
-    server = MySQLServer(
-        host=target.host, port=port, certs=load_dev_certs(target.certs_dir),
-        admin_user=target.admin_user, admin_password=target.admin_password,
-        users=users, database="multipool",
-        controller=ExternalController(f"external server {target.host}:{port}"),
-    )
-    try:
-        with contextlib.closing(server.connect_admin()) as conn:
-            bootstrap(conn, users=users, database="multipool",
-                      admin_user=server.admin_user, admin_password=None)
-        server.refresh_version()
-    except BaseException:
-        server.close()
-        raise
-    server._register(started)
-    return server
-
-
-def start(workdir: str | os.PathLike[str] | None = None) -> MySQLServer:
-    """Pick the backend (external, container, local) and start a server."""
-    backend = choose_backend(ENV_MYSQL_URL)
-    if backend == "external":
-        return start_external()
-    if backend == "container":
-        from multipool.testing.containers import start_mysql_container
-
-        try:
-            return start_mysql_container(workdir)
-        except Exception as exc:
-            if os.environ.get(ENV_BACKEND, "auto").strip().lower() == "container":
-                raise
-            logger.warning("multipool: MySQL container failed (%s); using local binaries", exc)
-    return start_local(workdir)
-

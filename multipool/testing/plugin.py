@@ -16,14 +16,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
-from multipool.testing.servers import (
-    ENV_BACKEND,
-    STARTUP_LOG,
-    TestServer,
-    in_ci,
-    start_mysql,
-    start_postgres,
-)
+from multipool.testing.servers import ENV_BACKEND, STARTUP_LOG, TestServer, in_ci
+from multipool.testing.start import start_mysql, start_postgres
 
 if TYPE_CHECKING:
     from multipool.testing.mysql import MySQLServer

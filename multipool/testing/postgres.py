@@ -1,10 +1,13 @@
-"""PostgreSQL test server: local binaries, a container, or an external server."""
+"""PostgreSQL test server: the server object, its users and database, and local binaries.
+
+Containers: :mod:`multipool.testing.containers`; existing servers:
+:mod:`multipool.testing.external`; which one: :mod:`multipool.testing.start`.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import glob
-import logging
 import os
 import pwd
 import re
@@ -16,19 +19,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from multipool.certs import CertPaths, generate_dev_certs, load_dev_certs
+from multipool.certs import CertPaths, generate_dev_certs
 from multipool.testing.servers import (
-    ENV_BACKEND,
-    ENV_POSTGRES_CERTS,
-    ENV_POSTGRES_URL,
     TLS_MODES,
-    ExternalController,
     ServerControlError,
     ServerStartError,
     TestServer,
     TestUser,
-    choose_backend,
-    external_target,
     free_port,
     make_workdir,
     new_password,
@@ -36,9 +33,15 @@ from multipool.testing.servers import (
     tail,
 )
 
-__all__ = ["LocalPostgres", "PostgresServer", "find_bindir", "pg_hba", "start", "start_local"]
-
-logger = logging.getLogger("multipool.testing")
+__all__ = [
+    "LocalPostgres",
+    "PostgresServer",
+    "find_bindir",
+    "pg_hba",
+    "server_connect",
+    "start_local",
+    "system_user",
+]
 
 CLIENT_CERT_USERS = ("certuser", "app")
 ADMIN_USER = "admin"
@@ -306,6 +309,14 @@ def bootstrap(
             )
 
 
+def server_connect(server: PostgresServer, dbname: str) -> Any:
+    """A TLS (verify-full) autocommit admin connection to ``dbname``."""
+    import psycopg
+
+    params = server.connect_params(server.admin_user, database=dbname)
+    return psycopg.connect(**params, autocommit=True, connect_timeout=10, application_name=APP_NAME)
+
+
 # -- local binaries ---------------------------------------------------------------
 
 
@@ -499,7 +510,7 @@ class LocalPostgres:
                 remove_tree(self.base)
 
 
-def _system_user() -> str | None:
+def system_user() -> str | None:
     """Who runs the local server: ``postgres`` when we are root, else ourselves."""
     if os.geteuid() != 0:
         return None
@@ -525,7 +536,7 @@ def start_local(
 
     started = time.monotonic()
     bindir = find_bindir()
-    run_as = _system_user()
+    run_as = system_user()
     base, owned = make_workdir(workdir, "multipool-pg-")
     controller = LocalPostgres(bindir, base, owned=owned, run_as=run_as)
     try:
@@ -567,66 +578,3 @@ def start_local(
         raise
     server._register(started)
     return server
-
-
-# -- external -------------------------------------------------------------------
-
-
-def start_external() -> PostgresServer:
-    """Attach to the server named by ``MULTIPOOL_TEST_POSTGRES_URL``."""
-    started = time.monotonic()
-    target = external_target(
-        ENV_POSTGRES_URL,
-        ENV_POSTGRES_CERTS,
-        ("postgres", "postgresql"),
-        "postgresql://ADMIN:PASSWORD@HOST:PORT/DBNAME",
-    )
-    users = default_users(derive_from=target.url)
-    port = target.port or 5432
-    server = PostgresServer(
-        host=target.host,
-        port=port,
-        certs=load_dev_certs(target.certs_dir),
-        admin_user=target.admin_user,
-        admin_password=target.admin_password,
-        users=users,
-        database="multipool",
-        admin_database=target.database or "postgres",
-        controller=ExternalController(f"external server {target.host}:{port}"),
-    )
-    try:
-        bootstrap(
-            lambda db: server_connect(server, db), users=users, database="multipool",
-            admin_user=server.admin_user, admin_password=None,
-        )
-        server.refresh_version()
-    except BaseException:
-        server.close()
-        raise
-    server._register(started)
-    return server
-
-
-def server_connect(server: PostgresServer, dbname: str) -> Any:
-    """A TLS (verify-full) autocommit admin connection to ``dbname``."""
-    import psycopg
-
-    params = server.connect_params(server.admin_user, database=dbname)
-    return psycopg.connect(**params, autocommit=True, connect_timeout=10, application_name=APP_NAME)
-
-
-def start(workdir: str | os.PathLike[str] | None = None) -> PostgresServer:
-    """Pick the backend (external, container, local) and start a server."""
-    backend = choose_backend(ENV_POSTGRES_URL)
-    if backend == "external":
-        return start_external()
-    if backend == "container":
-        from multipool.testing.containers import start_postgres_container
-
-        try:
-            return start_postgres_container(workdir)
-        except Exception as exc:
-            if os.environ.get(ENV_BACKEND, "auto").strip().lower() == "container":
-                raise
-            logger.warning("multipool: PostgreSQL container failed (%s); using local binaries", exc)
-    return start_local(workdir)

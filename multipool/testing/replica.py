@@ -42,8 +42,8 @@ from multipool.testing.postgres import (
     CLIENT_CERT_USERS,
     LocalPostgres,
     PostgresServer,
-    _system_user,
     find_bindir,
+    system_user,
 )
 from multipool.testing.servers import (
     ServerControlError,
@@ -223,68 +223,20 @@ def start_replica(
     started = time.monotonic()
     if not primary.server_version_num:
         primary.refresh_version()
-    bindir = find_bindir()
-    run_as = _system_user()
     base, owned = make_workdir(workdir, "multipool-pg-replica-")
-    controller = ReplicaController(bindir, base, owned=owned, run_as=run_as, primary=primary)
-    started_replica: PostgresReplica | None = None
+    controller = ReplicaController(
+        find_bindir(), base, owned=owned, run_as=system_user(), primary=primary
+    )
+    replica: PostgresReplica | None = None
     try:
         os.chmod(base, 0o700)
         server_certs, client_certs = _replica_certs(primary, base / "certs")
         controller.socket_dir.mkdir(mode=0o700)
         controller.chown(server_certs)
-        major = primary.server_version_num // 10000
-        local = _local_major(controller)
-        if local != major:
-            raise ServerStartError(
-                f"the local PostgreSQL binaries ({bindir}) are version {local}, the primary "
-                f"is {major}: a streaming replica needs the same major version "
-                "(set MULTIPOOL_TEST_PG_BINDIR)"
-            )
-        slot = f"multipool_replica_{secrets.token_hex(6)}"
-        args = [
-            "pg_basebackup", "-D", str(controller.data), "-R", "-X", "stream",
-            "-c", "fast", "--no-sync", "-w", "-C", "-S", slot,
-            "-U", primary.admin_user,
-        ]
-        if isinstance(primary.controller, LocalPostgres):
-            source = primary.controller
-            args += ["-h", str(source.socket_dir), "-p", str(primary.port)]
-        else:
-            args += ["-h", primary.host, "-p", str(primary.port)]
-            controller.extra_env = {
-                "PGPASSWORD": primary.admin_password,
-                "PGSSLMODE": "verify-full",
-                "PGSSLROOTCERT": str(server_certs.ca_cert),
-                "PGCONNECT_TIMEOUT": "10",
-            }
-        result = controller.run(*args, timeout=timeout)
-        controller.extra_env = {}
-        if result.returncode != 0:
-            raise ServerStartError(
-                f"pg_basebackup failed (exit {result.returncode}): "
-                f"{(result.stderr or result.stdout).strip()}"
-            )
-        controller.slot = slot
-        minimums = {
-            name: primary.query(f"SELECT current_setting('{name}')::int")[0][0]
-            for name in _STANDBY_MINIMUMS
-        }
-        for attempt in range(3):
-            port = free_port()
-            controller.configure(port, server_certs)
-            with (controller.data / "multipool.conf").open("a") as fh:
-                fh.write("# streaming replica\nhot_standby = on\n")
-                fh.write("hot_standby_feedback = on\n")
-                for name, value in minimums.items():
-                    fh.write(f"{name} = {int(value)}\n")
-            try:
-                controller.start()
-                break
-            except ServerStartError:
-                if attempt == 2 or "could not bind" not in tail(controller.log):
-                    raise
-        replica = started_replica = PostgresReplica(
+        _check_major_version(controller, primary)
+        _base_backup(controller, primary, server_certs, timeout)
+        port = _start_standby(controller, primary, server_certs)
+        replica = PostgresReplica(
             host="127.0.0.1",
             port=port,
             certs=client_certs,
@@ -296,17 +248,87 @@ def start_replica(
             controller=controller,
         )
         replica.primary = primary
-        replica.slot = slot
+        replica.slot = controller.slot or ""
         replica.refresh_version()
         if not replica.in_recovery():
             raise ServerStartError("the replica is not in recovery (standby.signal missing?)")
         replica.wait_for_replay(timeout=timeout)
     except BaseException:
         with contextlib.suppress(Exception):
-            if started_replica is not None:
-                started_replica.close()
+            if replica is not None:
+                replica.close()
             else:
                 controller.close()
         raise
     replica._register(started)
     return replica
+
+
+def _check_major_version(controller: ReplicaController, primary: PostgresServer) -> None:
+    """A streaming replica needs local binaries of the primary's major version."""
+    major = primary.server_version_num // 10000
+    local = _local_major(controller)
+    if local != major:
+        raise ServerStartError(
+            f"the local PostgreSQL binaries ({controller.bindir}) are version {local}, the "
+            f"primary is {major}: a streaming replica needs the same major version "
+            "(set MULTIPOOL_TEST_PG_BINDIR)"
+        )
+
+
+def _base_backup(
+    controller: ReplicaController, primary: PostgresServer, certs: CertPaths, timeout: float
+) -> None:
+    """``pg_basebackup`` of the primary into the data directory, with a new replication
+    slot (recorded on the controller, which drops it on close)."""
+    slot = f"multipool_replica_{secrets.token_hex(6)}"
+    args = [
+        "pg_basebackup", "-D", str(controller.data), "-R", "-X", "stream",
+        "-c", "fast", "--no-sync", "-w", "-C", "-S", slot,
+        "-U", primary.admin_user,
+    ]
+    if isinstance(primary.controller, LocalPostgres):
+        # over the primary's Unix socket: "local replication trust", no password on disk
+        args += ["-h", str(primary.controller.socket_dir), "-p", str(primary.port)]
+    else:
+        args += ["-h", primary.host, "-p", str(primary.port)]
+        controller.extra_env = {
+            "PGPASSWORD": primary.admin_password,
+            "PGSSLMODE": "verify-full",
+            "PGSSLROOTCERT": str(certs.ca_cert),
+            "PGCONNECT_TIMEOUT": "10",
+        }
+    result = controller.run(*args, timeout=timeout)
+    controller.extra_env = {}
+    if result.returncode != 0:
+        raise ServerStartError(
+            f"pg_basebackup failed (exit {result.returncode}): "
+            f"{(result.stderr or result.stdout).strip()}"
+        )
+    controller.slot = slot
+
+
+def _start_standby(
+    controller: ReplicaController, primary: PostgresServer, certs: CertPaths
+) -> int:
+    """Configure the hot standby and start it on a free port (two more tries if the
+    port is taken meanwhile); returns the port."""
+    minimums = {
+        name: primary.query(f"SELECT current_setting('{name}')::int")[0][0]
+        for name in _STANDBY_MINIMUMS
+    }
+    for attempt in range(3):
+        port = free_port()
+        controller.configure(port, certs)
+        with (controller.data / "multipool.conf").open("a") as fh:
+            fh.write("# streaming replica\nhot_standby = on\n")
+            fh.write("hot_standby_feedback = on\n")
+            for name, value in minimums.items():
+                fh.write(f"{name} = {int(value)}\n")
+        try:
+            controller.start()
+            return port
+        except ServerStartError:
+            if attempt == 2 or "could not bind" not in tail(controller.log):
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -1,6 +1,7 @@
-"""Base classes and helpers shared by the PostgreSQL and MySQL test servers.
+"""Base classes and helpers shared by every test server (PostgreSQL, MySQL, PgBouncer).
 
-See :mod:`multipool.testing` for the environment variables and the backends.
+Every other module of :mod:`multipool.testing` imports this one; it imports none
+of them. See :mod:`multipool.testing` for the environment variables and the backends.
 """
 
 from __future__ import annotations
@@ -21,14 +22,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol
-from urllib.parse import quote, unquote, urlencode, urlsplit
+from typing import Any, ClassVar, Protocol
+from urllib.parse import quote, urlencode
 
 from multipool.certs import CertPaths
-
-if TYPE_CHECKING:
-    from multipool.testing.mysql import MySQLServer
-    from multipool.testing.postgres import PostgresServer
 
 __all__ = [
     "ENV_BACKEND",
@@ -44,10 +41,7 @@ __all__ = [
     "ServerStartError",
     "TestServer",
     "TestUser",
-    "choose_backend",
     "free_port",
-    "start_mysql",
-    "start_postgres",
 ]
 
 logger = logging.getLogger("multipool.testing")
@@ -61,7 +55,6 @@ ENV_MYSQL_CERTS = "MULTIPOOL_TEST_MYSQL_CERTS"
 ENV_POSTGRES_IMAGE = "MULTIPOOL_TEST_POSTGRES_IMAGE"
 ENV_MYSQL_IMAGE = "MULTIPOOL_TEST_MYSQL_IMAGE"
 
-BACKENDS = ("auto", "external", "container", "local")
 TLS_MODES = ("disable", "require", "verify-ca", "verify-full")
 
 #: One line per server started in this process ("multipool: PostgreSQL 15.14 ...").
@@ -132,60 +125,6 @@ def env_flag(name: str) -> bool:
 def in_ci() -> bool:
     """True when the environment says we run in CI (``CI=true``)."""
     return env_flag("CI")
-
-
-class ExternalTarget(NamedTuple):
-    """An existing test server named by environment variables."""
-
-    url: str  # the admin URL as given
-    host: str
-    port: int | None
-    admin_user: str
-    admin_password: str
-    database: str  # the URL's path, unquoted ("" when none)
-    certs_dir: str
-
-
-def external_target(
-    url_variable: str, certs_variable: str, schemes: tuple[str, ...], example: str
-) -> ExternalTarget:
-    """Read and check the admin URL and cert directory of an external test server.
-
-    Raises :class:`ServerStartError` naming the variables when either is missing.
-    """
-    url = os.environ.get(url_variable, "")
-    parts = urlsplit(url)
-    if parts.scheme not in schemes or not parts.username or not parts.hostname:
-        raise ServerStartError(f"{url_variable} must look like {example}")
-    certs_dir = os.environ.get(certs_variable) or os.environ.get(ENV_CERTS)
-    if not certs_dir:
-        raise ServerStartError(
-            f"{url_variable} is set but neither {certs_variable} nor {ENV_CERTS} "
-            "names the directory with the server's ca.crt (and client-certuser.crt/.key)"
-        )
-    return ExternalTarget(
-        url=url,
-        host=parts.hostname,
-        port=parts.port,
-        admin_user=unquote(parts.username),
-        admin_password=unquote(parts.password or ""),
-        database=unquote(parts.path.lstrip("/")),
-        certs_dir=certs_dir,
-    )
-
-
-def choose_backend(url_variable: str) -> str:
-    """``external``, ``container`` or ``local`` for one engine (see the module docs)."""
-    forced = os.environ.get(ENV_BACKEND, "auto").strip().lower() or "auto"
-    if forced not in BACKENDS:
-        raise ServerStartError(f"{ENV_BACKEND}={forced!r}: expected one of {', '.join(BACKENDS)}")
-    if forced != "auto":
-        return forced
-    if os.environ.get(url_variable):
-        return "external"
-    from multipool.testing.containers import docker_available
-
-    return "container" if docker_available() else "local"
 
 
 def make_workdir(workdir: str | os.PathLike[str] | None, prefix: str) -> tuple[Path, bool]:
@@ -520,18 +459,3 @@ def poll(
         if time.monotonic() >= deadline:
             raise ServerStartError(f"not ready after {timeout:.0f}s")
         time.sleep(interval)
-
-
-def start_postgres(workdir: str | os.PathLike[str] | None = None) -> PostgresServer:
-    """Start (or attach to) a PostgreSQL test server; the backend is chosen as
-    documented in :mod:`multipool.testing`. Call ``close()`` when done."""
-    from multipool.testing import postgres
-
-    return postgres.start(workdir)
-
-
-def start_mysql(workdir: str | os.PathLike[str] | None = None) -> MySQLServer:
-    """Start (or attach to) a MySQL/MariaDB test server (see :func:`start_postgres`)."""
-    from multipool.testing import mysql
-
-    return mysql.start(workdir)

@@ -8,7 +8,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from multipool.cli import pool_status, render_pool_status, warm_pools
+from multipool.status import pool_status, render_pool_status, warm_pools
 
 
 class Command(BaseCommand):
