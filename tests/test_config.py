@@ -26,6 +26,7 @@ from multipool.config import (
     read_environment,
     spec_from_settings,
 )
+from multipool.config.entries import make_spec
 from multipool.errors import (
     ConfigurationError,
     InvalidPoolSetting,
@@ -1115,7 +1116,7 @@ def specs(draw: st.DrawFn) -> DatabaseSpec:
             max_size=3,
         )
     )
-    return config._make_spec(
+    return make_spec(
         alias=draw(_names),
         vendor=vendor,
         name=draw(_names),

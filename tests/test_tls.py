@@ -25,6 +25,7 @@ from multipool.errors import (
 )
 from multipool.tls import (
     TLS_OPTION_KEYS,
+    TLS_OPTION_NAMES,
     TLSSpec,
     check_tls_support,
     tls_from_options,
@@ -219,7 +220,8 @@ def test_mysql_system_ca_uses_the_system_bundle(monkeypatch: pytest.MonkeyPatch)
     assert spec.mysql_kwargs() == {"ssl": expected, "ssl_mode": "VERIFY_IDENTITY"}
     # the OPTIONS form keeps "system" so the settings round-trip
     assert spec.to_options("mysql") == {"ssl": {"ca": "system"}, "ssl_mode": "VERIFY_IDENTITY"}
-    monkeypatch.setattr(tls, "system_ca_bundle", lambda: (None, "/etc/ssl/certs"))
+    # TLSSpec resolves "system" where it builds the driver arguments
+    monkeypatch.setattr(tls.spec, "system_ca_bundle", lambda: (None, "/etc/ssl/certs"))
     assert spec.mysql_kwargs()["ssl"] == {"capath": "/etc/ssl/certs"}
 
 
@@ -245,8 +247,7 @@ def test_repr_masks_key_password() -> None:
     assert "hunter2-secret" not in str(spec)
 
 
-def test_option_keys() -> None:
-    pg = TLS_OPTION_KEYS["postgresql"]
+def test_option_names() -> None:
     assert {
         "sslmode",
         "sslrootcert",
@@ -255,14 +256,15 @@ def test_option_keys() -> None:
         "sslpassword",
         "sslcrl",
         "ssl_min_protocol_version",
-    } <= pg
-    assert {"ssl", "ssl_mode", "ssl_ca", "ssl_cert", "ssl_key", "tls_version"} <= TLS_OPTION_KEYS[
-        "mysql"
-    ]
+    } <= TLS_OPTION_NAMES
+    assert {"ssl", "ssl_mode", "ssl_ca", "ssl_cert", "ssl_key", "tls_version"} <= TLS_OPTION_NAMES
     # every key a spec emits is one the backend will strip
     for vendor in ("postgresql", "mysql"):
         full = TLSSpec(mode="verify-full", ca="/ca", cert="/c", key="/k")
-        assert set(full.driver_kwargs(vendor)) <= TLS_OPTION_KEYS[vendor]
+        assert set(full.driver_kwargs(vendor)) <= TLS_OPTION_NAMES
+    # the per-vendor mapping of earlier versions: every spelling for every vendor
+    assert all(keys == TLS_OPTION_NAMES for keys in TLS_OPTION_KEYS.values())
+    assert set(TLS_OPTION_KEYS) == set(tls.VENDORS)
 
 
 # -- normalization -------------------------------------------------------------------------
@@ -782,7 +784,7 @@ def test_unreadable_file(pki: PKI, monkeypatch: pytest.MonkeyPatch) -> None:
     def deny(path: str) -> bytes:
         raise PermissionError(13, "Permission denied", path)
 
-    monkeypatch.setattr(tls, "_read_file", deny)
+    monkeypatch.setattr(tls.files, "_read_file", deny)
     with pytest.raises(TLSFileError) as info:
         check(TLSSpec(mode="verify-full", ca=pki.ca))
     assert "cannot be read (Permission denied)" in str(info.value)
@@ -905,7 +907,8 @@ def test_validate_with_vendor_checks_support() -> None:
 
 
 def test_mysql_system_ca_missing(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tls, "system_ca_bundle", lambda: (None, None))
+    # validate_tls looks for the bundle that mysqlclient will be given
+    monkeypatch.setattr(tls.validation, "system_ca_bundle", lambda: (None, None))
     with pytest.raises(TLSFileError) as info:
         check(TLSSpec(mode="verify-full", ca="system"), vendor="mysql")
     assert "APP_DATABASE_SSLROOTCERT" in str(info.value)
