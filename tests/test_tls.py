@@ -919,3 +919,20 @@ def test_paths_that_look_like_key_material_are_not_echoed(pki: PKI) -> None:
     with pytest.raises(TLSFileError) as info:
         check(TLSSpec(ca=pki.ca, cert=pki.cert, key=blob))
     assert blob not in str(info.value)
+
+
+def test_check_dates_returns_its_warning_or_none() -> None:
+    """It used to return True whatever the dates (documented "True if valid")."""
+    from multipool.tls.validation import check_dates
+
+    key = new_key()
+    year = make_cert("year", key)
+    assert check_dates("app", "APP_DATABASE_SSLCERT", year, "client certificate", NOW) is None
+    soon = make_cert("soon", key, not_after=NOW + dt.timedelta(days=10))
+    warning = check_dates("app", "APP_DATABASE_SSLCERT", soon, "client certificate", NOW)
+    assert warning is not None
+    assert "(APP_DATABASE_SSLCERT) expires on" in warning
+    old = make_cert("old", key, not_before=NOW - dt.timedelta(days=60),
+                    not_after=NOW - dt.timedelta(days=30))
+    with pytest.raises(CertificateError, match="expired on"):
+        check_dates("app", "APP_DATABASE_SSLCERT", old, "client certificate", NOW)

@@ -127,12 +127,11 @@ def _check_ca(
     valid = [c for c in cas if c.not_valid_before_utc <= when <= c.not_valid_after_utc]
     if not valid:
         # Every CA certificate is expired (or not yet valid): nothing can verify.
-        _check_dates(alias, setting, cas[0], "CA certificate", when, [])
-    warnings: list[str] = []
-    if len(cas) <= _PRIVATE_CA_MAX:
-        for c in valid:
-            _check_dates(alias, setting, c, "CA certificate", when, warnings)
-    return cas, warnings
+        check_dates(alias, setting, cas[0], "CA certificate", when)
+    if len(cas) > _PRIVATE_CA_MAX:
+        return cas, []
+    found = (check_dates(alias, setting, c, "CA certificate", when) for c in valid)
+    return cas, [w for w in found if w is not None]
 
 
 def _check_client(
@@ -154,16 +153,17 @@ def _check_client(
             f"the client key does not match the client certificate ({names.of('cert')})",
             "use the private key the certificate was issued for",
         )
-    _check_dates(alias, names.of("cert"), leaf, "client certificate", when, warnings)
+    expiry = check_dates(alias, names.of("cert"), leaf, "client certificate", when)
+    if expiry is not None:
+        warnings.append(expiry)
     if cas:
         warnings += _check_issuer(alias, names.of("cert"), names.of("ca"), leaf, certs[1:], cas)
     return warnings
 
 
-def _check_dates(
-    alias: str, setting: str, cert: Any, what: str, now: _dt.datetime, warnings: list[str]
-) -> bool:
-    """Raise for a certificate not valid now; warn when it expires soon. True if valid."""
+def check_dates(alias: str, setting: str, cert: Any, what: str, now: _dt.datetime) -> str | None:
+    """Raise :class:`CertificateError` for a certificate not valid at ``now``;
+    return a warning when it expires within :data:`EXPIRY_WARNING_DAYS`, else ``None``."""
     not_before = cert.not_valid_before_utc
     not_after = cert.not_valid_after_utc
     if now < not_before:
@@ -181,12 +181,12 @@ def _check_dates(
             "renew the certificate",
         )
     left = not_after - now
-    if left < _dt.timedelta(days=EXPIRY_WARNING_DAYS):
-        warnings.append(
-            f"database alias '{alias}': the {what} ({setting}) expires on "
-            f"{not_after:%Y-%m-%d %H:%M} UTC, in {left.days} days; renew it"
-        )
-    return True
+    if left >= _dt.timedelta(days=EXPIRY_WARNING_DAYS):
+        return None
+    return (
+        f"database alias '{alias}': the {what} ({setting}) expires on "
+        f"{not_after:%Y-%m-%d %H:%M} UTC, in {left.days} days; renew it"
+    )
 
 
 def _issued_by(cert: Any, issuer: Any) -> bool:
