@@ -37,6 +37,7 @@ from django.core.checks import CheckMessage, Error, Tags, Warning, register
 
 from multipool.config import DatabaseSpec, spec_from_settings
 from multipool.errors import (
+    CertificateDateError,
     CertificateError,
     ConfigurationError,
     InvalidTLSSetting,
@@ -103,17 +104,19 @@ def spec_of(alias: str, entry: Mapping[str, Any]) -> DatabaseSpec:
     return spec_from_settings(alias, entry)
 
 
+#: error class -> check id: the first class an error is an instance of decides
+_ERROR_IDS: tuple[tuple[type[ConfigurationError], str], ...] = (
+    (CertificateDateError, "multipool.E005"),
+    (CertificateError, "multipool.E004"),
+    (TLSFileError, "multipool.E003"),
+    (InvalidTLSSetting, "multipool.E002"),
+    (ConfigurationError, "multipool.E001"),
+)
+
+
 def _from_error(alias: str, exc: ConfigurationError) -> Error:
     """One :class:`ConfigurationError` as a check message (the id follows its class)."""
-    if isinstance(exc, CertificateError):
-        dated = "expired" in exc.problem or "not valid before" in exc.problem
-        check_id = "multipool.E005" if dated else "multipool.E004"
-    elif isinstance(exc, TLSFileError):
-        check_id = "multipool.E003"
-    elif isinstance(exc, InvalidTLSSetting):
-        check_id = "multipool.E002"
-    else:
-        check_id = "multipool.E001"
+    check_id = next(check_id for cls, check_id in _ERROR_IDS if isinstance(exc, cls))
     return Error(f"{exc.problem} ({exc.setting})", hint=exc.fix, obj=_obj(alias), id=check_id)
 
 

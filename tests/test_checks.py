@@ -131,6 +131,16 @@ def test_key_certificate_mismatch_is_e004(pki: Any) -> None:
     assert msg.hint
 
 
+def test_certificate_errors_get_their_id_from_their_class(pki: Any) -> None:
+    """Not from their text: an alias named 'expired...' does not make a mismatch E005."""
+    cert, _ = pki.client("app")
+    _, other_key = pki.client("other")
+    entry = verified(pki, sslcert=str(cert), sslkey=str(other_key))
+    msg = only(check_databases({"expired_orders": entry}), "multipool.E004")
+    assert "does not match" in msg.msg
+    assert "expired_orders" in msg.msg  # in the setting's name
+
+
 def _client_cert(pki: Any, tmp_path: Path, name: str, **validity: Any) -> tuple[str, str]:
     ca = load_ca(pki.ca_cert, pki.ca_key)
     cert, key = issue_cert(ca, "app", usage="client", **validity)

@@ -18,6 +18,7 @@ from cryptography.x509.oid import NameOID
 
 from multipool import tls
 from multipool.errors import (
+    CertificateDateError,
     CertificateError,
     ConfigurationError,
     InvalidTLSSetting,
@@ -724,11 +725,11 @@ VALIDATION_ERRORS: list[Any] = [
         _spec_key_group_writable, TLSFileError, "SSLKEY", "chmod 600", id="key-group-writable"
     ),
     pytest.param(_spec_mismatch, CertificateError, "SSLKEY", "does not match", id="key-mismatch"),
-    pytest.param(_spec_expired, CertificateError, "SSLCERT", "expired", id="cert-expired"),
+    pytest.param(_spec_expired, CertificateDateError, "SSLCERT", "expired", id="cert-expired"),
     pytest.param(
-        _spec_not_yet_valid, CertificateError, "SSLCERT", "not valid before", id="not-yet-valid"
+        _spec_not_yet_valid, CertificateDateError, "SSLCERT", "not valid before", id="not-yet-valid"
     ),
-    pytest.param(_spec_ca_expired, CertificateError, "SSLROOTCERT", "expired", id="ca-expired"),
+    pytest.param(_spec_ca_expired, CertificateDateError, "SSLROOTCERT", "expired", id="ca-expired"),
     pytest.param(_spec_wrong_ca, CertificateError, "SSLCERT", "not signed", id="wrong-ca"),
     pytest.param(
         _spec_encrypted_no_passphrase,
@@ -858,7 +859,7 @@ def test_expiring_soon_warns(pki: PKI) -> None:
 
 def test_now_can_be_naive(pki: PKI) -> None:
     naive = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) + dt.timedelta(days=500)
-    with pytest.raises(CertificateError, match="expired"):
+    with pytest.raises(CertificateDateError, match="expired"):
         check(TLSSpec(ca=pki.ca, cert=pki.cert, key=pki.key), now=naive)
 
 
@@ -934,5 +935,5 @@ def test_check_dates_returns_its_warning_or_none() -> None:
     assert "(APP_DATABASE_SSLCERT) expires on" in warning
     old = make_cert("old", key, not_before=NOW - dt.timedelta(days=60),
                     not_after=NOW - dt.timedelta(days=30))
-    with pytest.raises(CertificateError, match="expired on"):
+    with pytest.raises(CertificateDateError, match="expired on"):
         check_dates("app", "APP_DATABASE_SSLCERT", old, "client certificate", NOW)

@@ -14,7 +14,12 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from multipool.errors import CertificateError, InvalidTLSSetting, TLSFileError
+from multipool.errors import (
+    CertificateDateError,
+    CertificateError,
+    InvalidTLSSetting,
+    TLSFileError,
+)
 from multipool.setting_names import SettingNames
 from multipool.tls.files import check_crl, load_certs, load_key, public_der
 from multipool.tls.pem import show_path
@@ -47,8 +52,9 @@ def validate_tls(
     certificate without key...), :class:`~multipool.errors.TLSFileError` (missing,
     unreadable, not PEM, key too permissive, key passphrase missing or wrong),
     :class:`~multipool.errors.CertificateError` (key does not match certificate,
-    expired or not yet valid, not signed by the given CA). ``vendor`` adds the
-    driver checks of :func:`~multipool.tls.check_tls_support`.
+    not signed by the given CA) and :class:`~multipool.errors.CertificateDateError`
+    (expired or not yet valid). ``vendor`` adds the driver checks of
+    :func:`~multipool.tls.check_tls_support`.
     """
     names = SettingNames.given(alias, vendor or "postgresql", settings)
     if vendor is not None:
@@ -162,19 +168,19 @@ def _check_client(
 
 
 def check_dates(alias: str, setting: str, cert: Any, what: str, now: _dt.datetime) -> str | None:
-    """Raise :class:`CertificateError` for a certificate not valid at ``now``;
+    """Raise :class:`CertificateDateError` for a certificate not valid at ``now``;
     return a warning when it expires within :data:`EXPIRY_WARNING_DAYS`, else ``None``."""
     not_before = cert.not_valid_before_utc
     not_after = cert.not_valid_after_utc
     if now < not_before:
-        raise CertificateError(
+        raise CertificateDateError(
             alias,
             setting,
             f"the {what} is not valid before {not_before:%Y-%m-%d %H:%M} UTC",
             "check the system clock, or issue a certificate valid from now",
         )
     if now > not_after:
-        raise CertificateError(
+        raise CertificateDateError(
             alias,
             setting,
             f"the {what} expired on {not_after:%Y-%m-%d %H:%M} UTC",
