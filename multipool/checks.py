@@ -43,7 +43,7 @@ from multipool.errors import (
     InvalidTLSSetting,
     TLSFileError,
 )
-from multipool.tls import EXPIRY_WARNING_DAYS, validate_tls
+from multipool.tls import EXPIRY_WARNING_DAYS, ExpiryWarning, validate_tls
 
 __all__ = [
     "CHECK_IDS",
@@ -122,7 +122,7 @@ def _from_error(alias: str, exc: ConfigurationError) -> Error:
 
 def _tls_warning(alias: str, message: str) -> Warning:
     text = message.removeprefix(f"database alias '{alias}': ")
-    if "expires on" in text:
+    if isinstance(message, ExpiryWarning):
         return Warning(
             text,
             hint="renew the certificate before it expires; connections fail once it has",

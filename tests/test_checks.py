@@ -18,7 +18,14 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from django.core import checks as django_checks
 
-from multipool.certs import generate_dev_certs, issue_cert, load_ca, write_cert, write_key
+from multipool.certs import (
+    generate_dev_certs,
+    issue_cert,
+    load_ca,
+    make_ca,
+    write_cert,
+    write_key,
+)
 from multipool.checks import (
     CHECK_IDS,
     ROUTER_PATH,
@@ -196,6 +203,17 @@ def test_other_tls_warning_is_w002(pki: Any) -> None:
         "multipool.W002",
     )
     assert "ignored" in msg.msg
+
+
+def test_warning_ids_come_from_the_warning_kind(pki: Any, tmp_path: Path) -> None:
+    """Not from the text: an issuer named 'expires on ...' is no expiry warning (W002)."""
+    foreign = make_ca("expires on Friday CA")
+    cert, key = issue_cert(foreign, "app", usage="client")
+    cert_path = write_cert(tmp_path / "foreign.crt", cert)
+    key_path = write_key(tmp_path / "foreign.key", key)
+    dbs = {"default": verified(pki, sslcert=str(cert_path), sslkey=str(key_path))}
+    msg = only(check_databases(dbs, now=NOW), "multipool.W002")
+    assert "expires on Friday CA" in msg.msg
 
 
 def test_key_passphrase_never_in_messages(pki: Any, tmp_path: Path) -> None:

@@ -43,6 +43,7 @@ from multipool.tls.spellings import (
 from multipool.tls.support import check_tls_support
 from multipool.tls.validation import (
     EXPIRY_WARNING_DAYS,
+    ExpiryWarning,
     MultipoolWarning,
     validate_tls,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "TLS_OPTION_NAMES",
     "TLS_VERSIONS",
     "VENDORS",
+    "ExpiryWarning",
     "MultipoolWarning",
     "TLSSpec",
     "check_tls_support",

@@ -38,6 +38,13 @@ class MultipoolWarning(UserWarning):
     """A setting works but probably not as intended (certificate about to expire, ...)."""
 
 
+class ExpiryWarning(str):
+    """A warning of :func:`validate_tls` that a certificate expires soon (a plain ``str``
+    otherwise, so that callers can tell it from the other warnings without reading it)."""
+
+    __slots__ = ()
+
+
 def validate_tls(
     alias: str,
     spec: TLSSpec,
@@ -54,7 +61,7 @@ def validate_tls(
     :class:`~multipool.errors.CertificateError` (key does not match certificate,
     not signed by the given CA) and :class:`~multipool.errors.CertificateDateError`
     (expired or not yet valid). ``vendor`` adds the driver checks of
-    :func:`~multipool.tls.check_tls_support`.
+    :func:`~multipool.tls.check_tls_support`. Expiry warnings are :class:`ExpiryWarning`.
     """
     names = SettingNames.given(alias, vendor or "postgresql", settings)
     if vendor is not None:
@@ -167,7 +174,9 @@ def _check_client(
     return warnings
 
 
-def check_dates(alias: str, setting: str, cert: Any, what: str, now: _dt.datetime) -> str | None:
+def check_dates(
+    alias: str, setting: str, cert: Any, what: str, now: _dt.datetime
+) -> ExpiryWarning | None:
     """Raise :class:`CertificateDateError` for a certificate not valid at ``now``;
     return a warning when it expires within :data:`EXPIRY_WARNING_DAYS`, else ``None``."""
     not_before = cert.not_valid_before_utc
@@ -189,7 +198,7 @@ def check_dates(alias: str, setting: str, cert: Any, what: str, now: _dt.datetim
     left = not_after - now
     if left >= _dt.timedelta(days=EXPIRY_WARNING_DAYS):
         return None
-    return (
+    return ExpiryWarning(
         f"database alias '{alias}': the {what} ({setting}) expires on "
         f"{not_after:%Y-%m-%d %H:%M} UTC, in {left.days} days; renew it"
     )
