@@ -94,14 +94,9 @@ def is_multipool_engine(engine: str) -> bool:
     return engine.startswith(MULTIPOOL_ENGINE_PREFIX)
 
 
-def spec_of(alias: str, entry: Mapping[str, Any]) -> DatabaseSpec:
-    """:func:`spec_from_settings`, with Django's default ``CONN_MAX_AGE`` (0) filled in.
-
-    (Its cache cannot tell a missing ``CONN_MAX_AGE`` from ``None``.)
-    """
-    if isinstance(entry, Mapping) and "CONN_MAX_AGE" not in entry:
-        entry = {**entry, "CONN_MAX_AGE": 0}
-    return spec_from_settings(alias, entry)
+#: kept for existing imports: :func:`spec_from_settings` reads a missing
+#: ``CONN_MAX_AGE`` as Django's default, 0 (its cache tells it from ``None``)
+spec_of = spec_from_settings
 
 
 #: error class -> check id: the first class an error is an instance of decides
@@ -144,7 +139,7 @@ def _specs(
         if only_multipool and not ours:
             continue
         try:
-            specs[alias] = spec_of(alias, entry)
+            specs[alias] = spec_from_settings(alias, entry)
         except ConfigurationError as exc:
             if ours:  # a stock engine's entry is Django's business
                 messages.append(_from_error(alias, exc))

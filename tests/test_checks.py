@@ -33,8 +33,10 @@ from multipool.checks import (
     check_deployment,
     multipool_checks,
     multipool_deploy_checks,
+    spec_of,
 )
 from multipool.config import databases as env_databases
+from multipool.config import spec_from_settings
 from tests.conftest import registered_alias
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,6 +79,16 @@ def test_every_id_is_documented() -> None:
     doc = (ROOT / "docs/checks.md").read_text()
     for check_id in CHECK_IDS:
         assert check_id in doc
+
+
+def test_spec_of_is_spec_from_settings() -> None:
+    """A missing CONN_MAX_AGE is read as 0 and ``None`` as ``None``: the cache tells them
+    apart, so spec_of needs no copy of the entry with CONN_MAX_AGE filled in."""
+    plain = entry("sqlite")
+    assert spec_from_settings("cma", plain).conn_max_age == 0
+    assert spec_from_settings("cma", {**plain, "CONN_MAX_AGE": None}).conn_max_age is None
+    assert spec_from_settings("cma", plain).conn_max_age == 0
+    assert spec_of("cma", plain) is spec_from_settings("cma", plain)
 
 
 def test_good_settings_give_no_message(pki: Any) -> None:
