@@ -7,6 +7,7 @@ import logging
 import os
 import runpy
 import warnings
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from multipool.errors import (
     TLSFileError,
     UnknownScheme,
 )
+from multipool.setting_names import POOL_ATTRIBUTES, TLS_FIELDS, SettingNames
 from multipool.tls import TLSSpec
 from tests.test_tls import PKI, pki  # noqa: F401  (fixture)
 
@@ -1039,6 +1041,31 @@ def test_setting_names() -> None:
     assert bare.setting("tls_ca") == "DATABASES['m']['OPTIONS']['ssl']['ca']"
     assert bare.setting("NAME") == "DATABASES['m']['NAME']"
     assert bare.setting("replicas") == "DATABASES['m']['MULTIPOOL']['replicas']"
+
+
+def test_setting_names_in_order_of_preference() -> None:
+    """Recorded (the environment), else as spelled, else the DATABASES spelling."""
+    names = SettingNames("m", "mysql", {"tls_ca": "M_DATABASE_SSLROOTCERT", "url": "M_URL"})
+    assert names.of("ca", "DATABASES['m']['OPTIONS']['ssl_ca']") == "M_DATABASE_SSLROOTCERT"
+    assert names.of("cert", "DATABASES['m']['OPTIONS']['ssl_cert']") == (
+        "DATABASES['m']['OPTIONS']['ssl_cert']"
+    )
+    assert names.of("cert") == "DATABASES['m']['OPTIONS']['ssl']['cert']"
+    assert SettingNames("p", "postgresql").of("mode") == "DATABASES['p']['OPTIONS']['sslmode']"
+    assert names.driver_option("init_command") == "M_URL (option init_command)"
+    assert SettingNames("m", "mysql").driver_option("charset") == (
+        "DATABASES['m']['OPTIONS']['charset']"
+    )
+    # while a URL's query is read, every option is named by the URL's variable
+    query = SettingNames("m", "mysql", written_in="M_DATABASE_URL")
+    assert query.option("ssl", "ca") == "M_DATABASE_URL"
+    assert query.of("pool_size", query.option("pool_size")) == "M_DATABASE_URL"
+
+
+def test_field_lists_match_the_specs() -> None:
+    """setting_names lists the spec fields it names; they are the specs' own."""
+    assert tuple(f.name for f in fields(TLSSpec)) == TLS_FIELDS
+    assert set(POOL_ATTRIBUTES.values()) == {f.name for f in fields(PoolSpec)}
 
 
 def test_pool_option_keys() -> None:
