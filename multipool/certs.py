@@ -205,12 +205,6 @@ def issue_cert(
     leaf_key = key if key is not None else generate_private_key(key_type)
     public = leaf_key.public_key()
     start, end = _validity(days, not_before, not_after)
-    ekus = []
-    if usage in ("server", "both"):
-        ekus.append(ExtendedKeyUsageOID.SERVER_AUTH)
-    if usage in ("client", "both"):
-        ekus.append(ExtendedKeyUsageOID.CLIENT_AUTH)
-    is_rsa = isinstance(leaf_key, rsa.RSAPrivateKey)
     ca_ski = ca.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     builder = (
         x509.CertificateBuilder()
@@ -221,21 +215,8 @@ def issue_cert(
         .not_valid_before(start)
         .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=is_rsa,
-                data_encipherment=False,
-                key_agreement=not is_rsa,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage(ekus), critical=False)
+        .add_extension(_leaf_key_usage(leaf_key), critical=True)
+        .add_extension(_extended_key_usage(usage), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
@@ -246,6 +227,31 @@ def issue_cert(
     if alt_names:
         builder = builder.add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
     return builder.sign(ca.key, hashes.SHA256()), leaf_key
+
+
+def _leaf_key_usage(key: PrivateKey) -> x509.KeyUsage:
+    """Signatures; key exchange by encryption (RSA) or by agreement (EC)."""
+    is_rsa = isinstance(key, rsa.RSAPrivateKey)
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=is_rsa,
+        data_encipherment=False,
+        key_agreement=not is_rsa,
+        key_cert_sign=False,
+        crl_sign=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _extended_key_usage(usage: Usage) -> x509.ExtendedKeyUsage:
+    ekus = []
+    if usage in ("server", "both"):
+        ekus.append(ExtendedKeyUsageOID.SERVER_AUTH)
+    if usage in ("client", "both"):
+        ekus.append(ExtendedKeyUsageOID.CLIENT_AUTH)
+    return x509.ExtendedKeyUsage(ekus)
 
 
 def _check_writable(path: Path, overwrite: bool) -> None:

@@ -37,12 +37,13 @@ from django.core.checks import CheckMessage, Error, Tags, Warning, register
 
 from multipool.config import DatabaseSpec, spec_from_settings
 from multipool.errors import (
+    CertificateDateError,
     CertificateError,
     ConfigurationError,
     InvalidTLSSetting,
     TLSFileError,
 )
-from multipool.tls import EXPIRY_WARNING_DAYS, validate_tls
+from multipool.tls import EXPIRY_WARNING_DAYS, ExpiryWarning, validate_tls
 
 __all__ = [
     "CHECK_IDS",
@@ -93,33 +94,30 @@ def is_multipool_engine(engine: str) -> bool:
     return engine.startswith(MULTIPOOL_ENGINE_PREFIX)
 
 
-def spec_of(alias: str, entry: Mapping[str, Any]) -> DatabaseSpec:
-    """:func:`spec_from_settings`, with Django's default ``CONN_MAX_AGE`` (0) filled in.
+#: kept for existing imports: :func:`spec_from_settings` reads a missing
+#: ``CONN_MAX_AGE`` as Django's default, 0 (its cache tells it from ``None``)
+spec_of = spec_from_settings
 
-    (Its cache cannot tell a missing ``CONN_MAX_AGE`` from ``None``.)
-    """
-    if isinstance(entry, Mapping) and "CONN_MAX_AGE" not in entry:
-        entry = {**entry, "CONN_MAX_AGE": 0}
-    return spec_from_settings(alias, entry)
+
+#: error class -> check id: the first class an error is an instance of decides
+_ERROR_IDS: tuple[tuple[type[ConfigurationError], str], ...] = (
+    (CertificateDateError, "multipool.E005"),
+    (CertificateError, "multipool.E004"),
+    (TLSFileError, "multipool.E003"),
+    (InvalidTLSSetting, "multipool.E002"),
+    (ConfigurationError, "multipool.E001"),
+)
 
 
 def _from_error(alias: str, exc: ConfigurationError) -> Error:
     """One :class:`ConfigurationError` as a check message (the id follows its class)."""
-    if isinstance(exc, CertificateError):
-        dated = "expired" in exc.problem or "not valid before" in exc.problem
-        check_id = "multipool.E005" if dated else "multipool.E004"
-    elif isinstance(exc, TLSFileError):
-        check_id = "multipool.E003"
-    elif isinstance(exc, InvalidTLSSetting):
-        check_id = "multipool.E002"
-    else:
-        check_id = "multipool.E001"
+    check_id = next(check_id for cls, check_id in _ERROR_IDS if isinstance(exc, cls))
     return Error(f"{exc.problem} ({exc.setting})", hint=exc.fix, obj=_obj(alias), id=check_id)
 
 
 def _tls_warning(alias: str, message: str) -> Warning:
     text = message.removeprefix(f"database alias '{alias}': ")
-    if "expires on" in text:
+    if isinstance(message, ExpiryWarning):
         return Warning(
             text,
             hint="renew the certificate before it expires; connections fail once it has",
@@ -141,7 +139,7 @@ def _specs(
         if only_multipool and not ours:
             continue
         try:
-            specs[alias] = spec_of(alias, entry)
+            specs[alias] = spec_from_settings(alias, entry)
         except ConfigurationError as exc:
             if ours:  # a stock engine's entry is Django's business
                 messages.append(_from_error(alias, exc))
@@ -196,92 +194,114 @@ def check_databases(
 def _check_databases(
     databases: Mapping[str, Any], routers: Sequence[Any], now: Any
 ) -> list[CheckMessage]:
-    messages: list[CheckMessage] = []
-    specs, errors = _specs(databases, only_multipool=True)
-    messages.extend(errors)
-    engines = {alias: _engine(entry) for alias, entry in databases.items()}
-    pooled_any = any(is_multipool_engine(e) for e in engines.values())
-
+    specs, messages = _specs(databases, only_multipool=True)
     for alias, spec in specs.items():
-        try:
-            found = validate_tls(
-                alias, spec.tls, settings=spec.tls_settings(), now=now, vendor=spec.vendor
-            )
-        except ConfigurationError as exc:
-            messages.append(_from_error(alias, exc))
-        else:
-            messages.extend(_tls_warning(alias, m) for m in found)
-
-        in_memory = spec.vendor == "sqlite" and (
-            spec.name in ("", ":memory:") or "mode=memory" in spec.name
-        )
-        if spec.pool.enabled and spec.conn_max_age != 0 and not in_memory:
-            age = "None (forever)" if spec.conn_max_age is None else f"{spec.conn_max_age}"
-            limit = spec.pool.size + spec.pool.max_overflow
-            messages.append(
-                Warning(
-                    f"{spec.setting('conn_max_age')} is {age}: every thread keeps its "
-                    "connection checked out of the pool between requests, so the pool "
-                    f"(pool_size {spec.pool.size} + max_overflow {spec.pool.max_overflow}) "
-                    f"reuses nothing, and more than {limit} threads wait for a connection",
-                    hint=f"set {spec.setting('conn_max_age')} to 0: Django then gives the "
-                    "connection back to the pool at the end of each request",
-                    obj=_obj(alias),
-                    id="multipool.W003",
-                )
-            )
-
-        for replica in spec.replicas:
-            if replica not in databases:
-                messages.append(
-                    Error(
-                        f"replica {replica!r} ({spec.setting('replicas')}) is not in DATABASES",
-                        hint=f"add a DATABASES entry for {replica!r} or remove it from the "
-                        "replicas",
-                        obj=_obj(alias),
-                        id="multipool.E006",
-                    )
-                )
-        if spec.replica_of is not None and spec.replica_of not in databases:
-            messages.append(
-                Error(
-                    f"replica of {spec.replica_of!r} ({spec.setting('replica_of')}), "
-                    "which is not in DATABASES",
-                    hint=f"add a DATABASES entry for {spec.replica_of!r} or correct the name",
-                    obj=_obj(alias),
-                    id="multipool.E006",
-                )
-            )
-
-    if pooled_any:
-        for alias, engine in engines.items():
-            if not is_multipool_engine(engine) and engine != "django.db.backends.dummy":
-                messages.append(
-                    Warning(
-                        f"ENGINE {engine!r} is not a multipool backend: this alias is not "
-                        "pooled, unlike the others",
-                        hint="use multipool.databases() or a multipool.backends.* ENGINE "
-                        "(postgresql, mysql, sqlite3); silence multipool.W004 if this is "
-                        "intended",
-                        obj=_obj(alias),
-                        id="multipool.W004",
-                    )
-                )
-
-    if ROUTER_PATH in _router_paths(routers):
-        all_specs, _ = _specs(databases, only_multipool=False)
-        if not any(s.replicas or s.replica_of for s in all_specs.values()):
-            messages.append(
-                Warning(
-                    f"DATABASE_ROUTERS contains {ROUTER_PATH} but no database alias has "
-                    "replicas: every query goes to the primary",
-                    hint="set DATABASE_REPLICAS=replica1,... (and REPLICA1_DATABASE_URL), "
-                    "or remove the router",
-                    obj="DATABASE_ROUTERS",
-                    id="multipool.W005",
-                )
-            )
+        messages += _tls_messages(alias, spec, now)
+        messages += _conn_max_age_warnings(alias, spec)
+        messages += _replica_errors(alias, spec, databases)
+    messages += _unpooled_warnings(databases)
+    messages += _router_warnings(databases, routers)
     return messages
+
+
+def _tls_messages(alias: str, spec: DatabaseSpec, now: Any) -> list[CheckMessage]:
+    """E002-E005 for TLS settings and files that cannot be used, W001/W002 otherwise."""
+    try:
+        found = validate_tls(
+            alias, spec.tls, settings=spec.setting_names, now=now, vendor=spec.vendor
+        )
+    except ConfigurationError as exc:
+        return [_from_error(alias, exc)]
+    return [_tls_warning(alias, m) for m in found]
+
+
+def _conn_max_age_warnings(alias: str, spec: DatabaseSpec) -> list[CheckMessage]:
+    """W003: a pooled alias whose connections stay checked out between requests."""
+    in_memory = spec.vendor == "sqlite" and (
+        spec.name in ("", ":memory:") or "mode=memory" in spec.name
+    )
+    if not spec.pool.enabled or spec.conn_max_age == 0 or in_memory:
+        return []
+    age = "None (forever)" if spec.conn_max_age is None else f"{spec.conn_max_age}"
+    limit = spec.pool.size + spec.pool.max_overflow
+    return [
+        Warning(
+            f"{spec.setting('conn_max_age')} is {age}: every thread keeps its "
+            "connection checked out of the pool between requests, so the pool "
+            f"(pool_size {spec.pool.size} + max_overflow {spec.pool.max_overflow}) "
+            f"reuses nothing, and more than {limit} threads wait for a connection",
+            hint=f"set {spec.setting('conn_max_age')} to 0: Django then gives the "
+            "connection back to the pool at the end of each request",
+            obj=_obj(alias),
+            id="multipool.W003",
+        )
+    ]
+
+
+def _replica_errors(
+    alias: str, spec: DatabaseSpec, databases: Mapping[str, Any]
+) -> list[CheckMessage]:
+    """E006: replica settings that name an alias that is not in DATABASES."""
+    messages: list[CheckMessage] = [
+        Error(
+            f"replica {replica!r} ({spec.setting('replicas')}) is not in DATABASES",
+            hint=f"add a DATABASES entry for {replica!r} or remove it from the replicas",
+            obj=_obj(alias),
+            id="multipool.E006",
+        )
+        for replica in spec.replicas
+        if replica not in databases
+    ]
+    if spec.replica_of is not None and spec.replica_of not in databases:
+        messages.append(
+            Error(
+                f"replica of {spec.replica_of!r} ({spec.setting('replica_of')}), "
+                "which is not in DATABASES",
+                hint=f"add a DATABASES entry for {spec.replica_of!r} or correct the name",
+                obj=_obj(alias),
+                id="multipool.E006",
+            )
+        )
+    return messages
+
+
+def _unpooled_warnings(databases: Mapping[str, Any]) -> list[CheckMessage]:
+    """W004: aliases with a stock ENGINE next to pooled ones."""
+    engines = {alias: _engine(entry) for alias, entry in databases.items()}
+    if not any(is_multipool_engine(e) for e in engines.values()):
+        return []
+    return [
+        Warning(
+            f"ENGINE {engine!r} is not a multipool backend: this alias is not "
+            "pooled, unlike the others",
+            hint="use multipool.databases() or a multipool.backends.* ENGINE "
+            "(postgresql, mysql, sqlite3); silence multipool.W004 if this is "
+            "intended",
+            obj=_obj(alias),
+            id="multipool.W004",
+        )
+        for alias, engine in engines.items()
+        if not is_multipool_engine(engine) and engine != "django.db.backends.dummy"
+    ]
+
+
+def _router_warnings(databases: Mapping[str, Any], routers: Sequence[Any]) -> list[CheckMessage]:
+    """W005: the replica router without any replica to route to."""
+    if ROUTER_PATH not in _router_paths(routers):
+        return []
+    all_specs, _ = _specs(databases, only_multipool=False)
+    if any(s.replicas or s.replica_of for s in all_specs.values()):
+        return []
+    return [
+        Warning(
+            f"DATABASE_ROUTERS contains {ROUTER_PATH} but no database alias has "
+            "replicas: every query goes to the primary",
+            hint="set DATABASE_REPLICAS=replica1,... (and REPLICA1_DATABASE_URL), "
+            "or remove the router",
+            obj="DATABASE_ROUTERS",
+            id="multipool.W005",
+        )
+    ]
 
 
 def _verifies(spec: DatabaseSpec) -> bool:

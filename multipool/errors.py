@@ -11,6 +11,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db.utils import OperationalError
 
 __all__ = [
+    "CertificateDateError",
     "CertificateError",
     "ConfigurationError",
     "ConnectError",
@@ -64,7 +65,11 @@ class TLSFileError(ConfigurationError):
 
 
 class CertificateError(ConfigurationError):
-    """Certificates that parse but do not fit: key/cert mismatch, expired, wrong CA."""
+    """Certificates that parse but do not fit: key/cert mismatch, wrong CA, not valid now."""
+
+
+class CertificateDateError(CertificateError):
+    """A certificate that is not valid now: expired, or not valid yet."""
 
 
 class ConnectError(MultipoolError, OperationalError):

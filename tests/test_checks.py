@@ -18,7 +18,14 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from django.core import checks as django_checks
 
-from multipool.certs import generate_dev_certs, issue_cert, load_ca, write_cert, write_key
+from multipool.certs import (
+    generate_dev_certs,
+    issue_cert,
+    load_ca,
+    make_ca,
+    write_cert,
+    write_key,
+)
 from multipool.checks import (
     CHECK_IDS,
     ROUTER_PATH,
@@ -26,8 +33,10 @@ from multipool.checks import (
     check_deployment,
     multipool_checks,
     multipool_deploy_checks,
+    spec_of,
 )
 from multipool.config import databases as env_databases
+from multipool.config import spec_from_settings
 from tests.conftest import registered_alias
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,6 +79,16 @@ def test_every_id_is_documented() -> None:
     doc = (ROOT / "docs/checks.md").read_text()
     for check_id in CHECK_IDS:
         assert check_id in doc
+
+
+def test_spec_of_is_spec_from_settings() -> None:
+    """A missing CONN_MAX_AGE is read as 0 and ``None`` as ``None``: the cache tells them
+    apart, so spec_of needs no copy of the entry with CONN_MAX_AGE filled in."""
+    plain = entry("sqlite")
+    assert spec_from_settings("cma", plain).conn_max_age == 0
+    assert spec_from_settings("cma", {**plain, "CONN_MAX_AGE": None}).conn_max_age is None
+    assert spec_from_settings("cma", plain).conn_max_age == 0
+    assert spec_of("cma", plain) is spec_from_settings("cma", plain)
 
 
 def test_good_settings_give_no_message(pki: Any) -> None:
@@ -131,6 +150,16 @@ def test_key_certificate_mismatch_is_e004(pki: Any) -> None:
     assert msg.hint
 
 
+def test_certificate_errors_get_their_id_from_their_class(pki: Any) -> None:
+    """Not from their text: an alias named 'expired...' does not make a mismatch E005."""
+    cert, _ = pki.client("app")
+    _, other_key = pki.client("other")
+    entry = verified(pki, sslcert=str(cert), sslkey=str(other_key))
+    msg = only(check_databases({"expired_orders": entry}), "multipool.E004")
+    assert "does not match" in msg.msg
+    assert "expired_orders" in msg.msg  # in the setting's name
+
+
 def _client_cert(pki: Any, tmp_path: Path, name: str, **validity: Any) -> tuple[str, str]:
     ca = load_ca(pki.ca_cert, pki.ca_key)
     cert, key = issue_cert(ca, "app", usage="client", **validity)
@@ -186,6 +215,17 @@ def test_other_tls_warning_is_w002(pki: Any) -> None:
         "multipool.W002",
     )
     assert "ignored" in msg.msg
+
+
+def test_warning_ids_come_from_the_warning_kind(pki: Any, tmp_path: Path) -> None:
+    """Not from the text: an issuer named 'expires on ...' is no expiry warning (W002)."""
+    foreign = make_ca("expires on Friday CA")
+    cert, key = issue_cert(foreign, "app", usage="client")
+    cert_path = write_cert(tmp_path / "foreign.crt", cert)
+    key_path = write_key(tmp_path / "foreign.key", key)
+    dbs = {"default": verified(pki, sslcert=str(cert_path), sslkey=str(key_path))}
+    msg = only(check_databases(dbs, now=NOW), "multipool.W002")
+    assert "expires on Friday CA" in msg.msg
 
 
 def test_key_passphrase_never_in_messages(pki: Any, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import logging
 import os
 import runpy
 import warnings
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from multipool.config import (
     read_environment,
     spec_from_settings,
 )
+from multipool.config.entries import make_spec
 from multipool.errors import (
     ConfigurationError,
     InvalidPoolSetting,
@@ -34,6 +36,7 @@ from multipool.errors import (
     TLSFileError,
     UnknownScheme,
 )
+from multipool.setting_names import POOL_ATTRIBUTES, TLS_FIELDS, SettingNames
 from multipool.tls import TLSSpec
 from tests.test_tls import PKI, pki  # noqa: F401  (fixture)
 
@@ -1040,6 +1043,31 @@ def test_setting_names() -> None:
     assert bare.setting("replicas") == "DATABASES['m']['MULTIPOOL']['replicas']"
 
 
+def test_setting_names_in_order_of_preference() -> None:
+    """Recorded (the environment), else as spelled, else the DATABASES spelling."""
+    names = SettingNames("m", "mysql", {"tls_ca": "M_DATABASE_SSLROOTCERT", "url": "M_URL"})
+    assert names.of("ca", "DATABASES['m']['OPTIONS']['ssl_ca']") == "M_DATABASE_SSLROOTCERT"
+    assert names.of("cert", "DATABASES['m']['OPTIONS']['ssl_cert']") == (
+        "DATABASES['m']['OPTIONS']['ssl_cert']"
+    )
+    assert names.of("cert") == "DATABASES['m']['OPTIONS']['ssl']['cert']"
+    assert SettingNames("p", "postgresql").of("mode") == "DATABASES['p']['OPTIONS']['sslmode']"
+    assert names.driver_option("init_command") == "M_URL (option init_command)"
+    assert SettingNames("m", "mysql").driver_option("charset") == (
+        "DATABASES['m']['OPTIONS']['charset']"
+    )
+    # while a URL's query is read, every option is named by the URL's variable
+    query = SettingNames("m", "mysql", written_in="M_DATABASE_URL")
+    assert query.option("ssl", "ca") == "M_DATABASE_URL"
+    assert query.of("pool_size", query.option("pool_size")) == "M_DATABASE_URL"
+
+
+def test_field_lists_match_the_specs() -> None:
+    """setting_names lists the spec fields it names; they are the specs' own."""
+    assert tuple(f.name for f in fields(TLSSpec)) == TLS_FIELDS
+    assert set(POOL_ATTRIBUTES.values()) == {f.name for f in fields(PoolSpec)}
+
+
 def test_pool_option_keys() -> None:
     assert {
         "pool_size",
@@ -1062,6 +1090,13 @@ def test_pool_option_keys() -> None:
 
 _names = st.from_regex(r"[a-z][a-z0-9_]{0,8}", fullmatch=True)
 _text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12)
+#: a key passphrase: any text but NUL, which the TLS parser refuses by design
+#: (test_key_password_with_nul_is_refused)
+_passphrases = st.text(
+    st.characters(codec="utf-8", exclude_categories=("Cs",), exclude_characters="\x00"),
+    min_size=1,
+    max_size=12,
+)
 
 
 @st.composite
@@ -1082,7 +1117,7 @@ def specs(draw: st.DrawFn) -> DatabaseSpec:
             ca=ca,
             cert="/c.crt" if pair else None,
             key="/c.key" if pair else None,
-            key_password=draw(st.none() | _text.filter(bool)) if vendor == "postgresql" else None,
+            key_password=draw(st.none() | _passphrases) if vendor == "postgresql" else None,
             min_version=draw(st.sampled_from([None, "TLSv1.2", "TLSv1.3"]))
             if vendor == "postgresql"
             else None,
@@ -1115,7 +1150,7 @@ def specs(draw: st.DrawFn) -> DatabaseSpec:
             max_size=3,
         )
     )
-    return config._make_spec(
+    return make_spec(
         alias=draw(_names),
         vendor=vendor,
         name=draw(_names),
@@ -1140,6 +1175,15 @@ def test_round_trip(spec: DatabaseSpec) -> None:
     assert back == spec
     assert hash(back) == hash(spec)
     assert back.settings == spec.settings
+
+
+def test_key_password_with_nul_is_refused() -> None:
+    """Why the round trip's passphrases have no NUL: no driver could pass one on."""
+    entry = {"ENGINE": "multipool.backends.postgresql", "NAME": "app",
+             "OPTIONS": {"sslpassword": "a\x00b"}}
+    with pytest.raises(TLSFileError, match="NUL character") as info:
+        spec_from_settings("default", entry)
+    assert "a\x00b" not in str(info.value)
 
 
 # -- arbitrary text never escapes as anything but a ConfigurationError ---------------------------

@@ -18,6 +18,7 @@ from cryptography.x509.oid import NameOID
 
 from multipool import tls
 from multipool.errors import (
+    CertificateDateError,
     CertificateError,
     ConfigurationError,
     InvalidTLSSetting,
@@ -25,6 +26,7 @@ from multipool.errors import (
 )
 from multipool.tls import (
     TLS_OPTION_KEYS,
+    TLS_OPTION_NAMES,
     TLSSpec,
     check_tls_support,
     tls_from_options,
@@ -219,7 +221,8 @@ def test_mysql_system_ca_uses_the_system_bundle(monkeypatch: pytest.MonkeyPatch)
     assert spec.mysql_kwargs() == {"ssl": expected, "ssl_mode": "VERIFY_IDENTITY"}
     # the OPTIONS form keeps "system" so the settings round-trip
     assert spec.to_options("mysql") == {"ssl": {"ca": "system"}, "ssl_mode": "VERIFY_IDENTITY"}
-    monkeypatch.setattr(tls, "system_ca_bundle", lambda: (None, "/etc/ssl/certs"))
+    # TLSSpec resolves "system" where it builds the driver arguments
+    monkeypatch.setattr(tls.spec, "system_ca_bundle", lambda: (None, "/etc/ssl/certs"))
     assert spec.mysql_kwargs()["ssl"] == {"capath": "/etc/ssl/certs"}
 
 
@@ -245,8 +248,7 @@ def test_repr_masks_key_password() -> None:
     assert "hunter2-secret" not in str(spec)
 
 
-def test_option_keys() -> None:
-    pg = TLS_OPTION_KEYS["postgresql"]
+def test_option_names() -> None:
     assert {
         "sslmode",
         "sslrootcert",
@@ -255,14 +257,15 @@ def test_option_keys() -> None:
         "sslpassword",
         "sslcrl",
         "ssl_min_protocol_version",
-    } <= pg
-    assert {"ssl", "ssl_mode", "ssl_ca", "ssl_cert", "ssl_key", "tls_version"} <= TLS_OPTION_KEYS[
-        "mysql"
-    ]
+    } <= TLS_OPTION_NAMES
+    assert {"ssl", "ssl_mode", "ssl_ca", "ssl_cert", "ssl_key", "tls_version"} <= TLS_OPTION_NAMES
     # every key a spec emits is one the backend will strip
     for vendor in ("postgresql", "mysql"):
         full = TLSSpec(mode="verify-full", ca="/ca", cert="/c", key="/k")
-        assert set(full.driver_kwargs(vendor)) <= TLS_OPTION_KEYS[vendor]
+        assert set(full.driver_kwargs(vendor)) <= TLS_OPTION_NAMES
+    # the per-vendor mapping of earlier versions: every spelling for every vendor
+    assert all(keys == TLS_OPTION_NAMES for keys in TLS_OPTION_KEYS.values())
+    assert set(TLS_OPTION_KEYS) == set(tls.VENDORS)
 
 
 # -- normalization -------------------------------------------------------------------------
@@ -722,11 +725,11 @@ VALIDATION_ERRORS: list[Any] = [
         _spec_key_group_writable, TLSFileError, "SSLKEY", "chmod 600", id="key-group-writable"
     ),
     pytest.param(_spec_mismatch, CertificateError, "SSLKEY", "does not match", id="key-mismatch"),
-    pytest.param(_spec_expired, CertificateError, "SSLCERT", "expired", id="cert-expired"),
+    pytest.param(_spec_expired, CertificateDateError, "SSLCERT", "expired", id="cert-expired"),
     pytest.param(
-        _spec_not_yet_valid, CertificateError, "SSLCERT", "not valid before", id="not-yet-valid"
+        _spec_not_yet_valid, CertificateDateError, "SSLCERT", "not valid before", id="not-yet-valid"
     ),
-    pytest.param(_spec_ca_expired, CertificateError, "SSLROOTCERT", "expired", id="ca-expired"),
+    pytest.param(_spec_ca_expired, CertificateDateError, "SSLROOTCERT", "expired", id="ca-expired"),
     pytest.param(_spec_wrong_ca, CertificateError, "SSLCERT", "not signed", id="wrong-ca"),
     pytest.param(
         _spec_encrypted_no_passphrase,
@@ -782,7 +785,7 @@ def test_unreadable_file(pki: PKI, monkeypatch: pytest.MonkeyPatch) -> None:
     def deny(path: str) -> bytes:
         raise PermissionError(13, "Permission denied", path)
 
-    monkeypatch.setattr(tls, "_read_file", deny)
+    monkeypatch.setattr(tls.files, "_read_file", deny)
     with pytest.raises(TLSFileError) as info:
         check(TLSSpec(mode="verify-full", ca=pki.ca))
     assert "cannot be read (Permission denied)" in str(info.value)
@@ -856,7 +859,7 @@ def test_expiring_soon_warns(pki: PKI) -> None:
 
 def test_now_can_be_naive(pki: PKI) -> None:
     naive = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) + dt.timedelta(days=500)
-    with pytest.raises(CertificateError, match="expired"):
+    with pytest.raises(CertificateDateError, match="expired"):
         check(TLSSpec(ca=pki.ca, cert=pki.cert, key=pki.key), now=naive)
 
 
@@ -905,7 +908,8 @@ def test_validate_with_vendor_checks_support() -> None:
 
 
 def test_mysql_system_ca_missing(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tls, "system_ca_bundle", lambda: (None, None))
+    # validate_tls looks for the bundle that mysqlclient will be given
+    monkeypatch.setattr(tls.validation, "system_ca_bundle", lambda: (None, None))
     with pytest.raises(TLSFileError) as info:
         check(TLSSpec(mode="verify-full", ca="system"), vendor="mysql")
     assert "APP_DATABASE_SSLROOTCERT" in str(info.value)
@@ -916,3 +920,20 @@ def test_paths_that_look_like_key_material_are_not_echoed(pki: PKI) -> None:
     with pytest.raises(TLSFileError) as info:
         check(TLSSpec(ca=pki.ca, cert=pki.cert, key=blob))
     assert blob not in str(info.value)
+
+
+def test_check_dates_returns_its_warning_or_none() -> None:
+    """It used to return True whatever the dates (documented "True if valid")."""
+    from multipool.tls.validation import check_dates
+
+    key = new_key()
+    year = make_cert("year", key)
+    assert check_dates("app", "APP_DATABASE_SSLCERT", year, "client certificate", NOW) is None
+    soon = make_cert("soon", key, not_after=NOW + dt.timedelta(days=10))
+    warning = check_dates("app", "APP_DATABASE_SSLCERT", soon, "client certificate", NOW)
+    assert warning is not None
+    assert "(APP_DATABASE_SSLCERT) expires on" in warning
+    old = make_cert("old", key, not_before=NOW - dt.timedelta(days=60),
+                    not_after=NOW - dt.timedelta(days=30))
+    with pytest.raises(CertificateDateError, match="expired on"):
+        check_dates("app", "APP_DATABASE_SSLCERT", old, "client certificate", NOW)

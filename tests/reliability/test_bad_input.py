@@ -42,6 +42,7 @@ from hypothesis import strategies as st
 from multipool.certs import generate_dev_certs, issue_cert, load_ca, make_ca, write_cert
 from multipool.config import ENV_KEYS, databases, env_prefix, read_environment
 from multipool.errors import (
+    CertificateDateError,
     CertificateError,
     ConfigurationError,
     InvalidPoolSetting,
@@ -300,7 +301,7 @@ CASES = [
     case("ca-pem-text-lone-surrogate", pg(SSLROOTCERT="-----BEGIN CERTIFICATE-----\ud800"),
          TLSFileError, "DATABASE_SSLROOTCERT"),
     case("ca-expired", pg(SSLMODE="verify-full", SSLROOTCERT="<<expired_ca>>"),
-         CertificateError, "DATABASE_SSLROOTCERT"),
+         CertificateDateError, "DATABASE_SSLROOTCERT"),
     case("ca-path-with-nul", pg(SSLROOTCERT="/etc/ssl/ca\x00.pem"), TLSFileError,
          "DATABASE_SSLROOTCERT"),
     case("ca-path-too-long", pg(SSLROOTCERT="<<long_path>>"), TLSFileError,
@@ -320,9 +321,9 @@ CASES = [
     case("key-does-not-match-cert", pg(SSLCERT="<<cert>>", SSLKEY="<<other_key>>"),
          CertificateError, "DATABASE_SSLKEY"),
     case("client-cert-expired", my(SSLCERT="<<expired_cert>>", SSLKEY="<<expired_key>>"),
-         CertificateError, "DATABASE_SSLCERT"),
+         CertificateDateError, "DATABASE_SSLCERT"),
     case("client-cert-not-yet-valid", my(SSLCERT="<<future_cert>>", SSLKEY="<<future_key>>"),
-         CertificateError, "DATABASE_SSLCERT"),
+         CertificateDateError, "DATABASE_SSLCERT"),
     case("client-cert-from-regenerated-ca",
          pg(SSLROOTCERT="<<ca>>", SSLCERT="<<impostor_cert>>", SSLKEY="<<impostor_key>>"),
          CertificateError, "DATABASE_SSLCERT"),
