@@ -31,6 +31,7 @@ _STATS_COLUMNS = (
     ("invalidations", "INVALIDATED"),
     ("pings", "PINGS"),
     ("ping_failures", "PING FAILURES"),
+    ("pending", "WAITING NOW"),
 )
 
 
@@ -65,10 +66,10 @@ def _state(alias: str, entry: Mapping[str, Any]) -> str:
     """What an alias without a pool in this process shows instead of its numbers."""
     if _engine(entry) not in ENGINES.values():
         return "not pooled"
-    from multipool.checks import spec_of
+    from multipool.config import spec_from_settings
 
     try:
-        enabled = spec_of(alias, entry).pool.enabled
+        enabled = spec_from_settings(alias, entry).pool.enabled
     except ConfigurationError:  # the backend refuses it too: no pool will ever come
         return "invalid settings"
     return "no pool yet" if enabled else "pool disabled"

@@ -25,7 +25,6 @@ from multipool.errors import (
     TLSFileError,
 )
 from multipool.tls import (
-    TLS_OPTION_KEYS,
     TLS_OPTION_NAMES,
     TLSSpec,
     check_tls_support,
@@ -263,9 +262,6 @@ def test_option_names() -> None:
     for vendor in ("postgresql", "mysql"):
         full = TLSSpec(mode="verify-full", ca="/ca", cert="/c", key="/k")
         assert set(full.driver_kwargs(vendor)) <= TLS_OPTION_NAMES
-    # the per-vendor mapping of earlier versions: every spelling for every vendor
-    assert all(keys == TLS_OPTION_NAMES for keys in TLS_OPTION_KEYS.values())
-    assert set(TLS_OPTION_KEYS) == set(tls.VENDORS)
 
 
 # -- normalization -------------------------------------------------------------------------

@@ -32,7 +32,6 @@ object, :attr:`PooledWrapperMixin.pool_binding`.
 
 from __future__ import annotations
 
-import functools
 import logging
 import sys
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -54,7 +53,7 @@ from multipool.backends.binding import (
 from multipool.backends.diagnosis import explain_connect_error
 from multipool.config import POOL_OPTION_KEYS, spec_from_settings
 from multipool.pools import manager
-from multipool.tls import TLS_OPTION_KEYS
+from multipool.tls import TLS_OPTION_NAMES
 
 if TYPE_CHECKING:
     from multipool.config import DatabaseSpec
@@ -68,9 +67,8 @@ _MISSING = object()
 SETUP_DONE = "multipool.setup_done"
 
 
-@functools.cache
-def _own_option_keys(vendor: str) -> frozenset[str]:
-    return POOL_OPTION_KEYS | frozenset(TLS_OPTION_KEYS.get(vendor, ()))
+#: multipool's own OPTIONS keys: the driver never sees them
+_OWN_OPTION_KEYS = POOL_OPTION_KEYS | TLS_OPTION_NAMES
 
 
 class PooledWrapperMixin:
@@ -150,7 +148,7 @@ class PooledWrapperMixin:
         params: dict[str, Any] = super().get_connection_params()  # type: ignore[misc]
         # multipool's own OPTIONS and every TLS spelling make way for the
         # canonical driver arguments.
-        for key in _own_option_keys(self.multipool_vendor).intersection(params):
+        for key in _OWN_OPTION_KEYS.intersection(params):
             del params[key]
         params.update(spec.tls.driver_kwargs(self.multipool_vendor))
         return params

@@ -112,13 +112,13 @@ def _group_by_server(
 ) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]]:
     """``({server: [alias demand, ...]}, [skipped alias, ...])``: the aliases sharing a
     server add up; SQLite aliases are skipped (no server)."""
-    from multipool.checks import spec_of
+    from multipool.config import spec_from_settings
 
     groups: dict[str, list[dict[str, Any]]] = {}
     skipped: list[dict[str, Any]] = []
     for alias, entry in databases.items():
         try:
-            spec = spec_of(alias, entry)
+            spec = spec_from_settings(alias, entry)
         except ConfigurationError as exc:
             raise UsageError(str(exc)) from None
         if spec.vendor == "sqlite":

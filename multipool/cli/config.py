@@ -28,12 +28,12 @@ def _shown_path(path: str | None, setting: str) -> str | None:
 
 def describe_alias(alias: str, entry: Mapping[str, Any]) -> dict[str, Any]:
     """Everything about one alias, for display: never a password (``***`` when set)."""
-    from multipool.checks import spec_of
+    from multipool.config import spec_from_settings
 
     engine = engine_of(entry)
     out: dict[str, Any] = {"alias": alias, "engine": engine, "vendor": vendor_label(entry)}
     try:
-        spec = spec_of(alias, entry)
+        spec = spec_from_settings(alias, entry)
     except ConfigurationError as exc:
         out["error"] = str(exc)
         return out

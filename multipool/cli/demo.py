@@ -109,10 +109,10 @@ def _demo_alias(
 ) -> dict[str, Any]:
     """An untimed warm-up, then the unpooled and the pooled run (printed unless
     ``--json``). A result with ``error`` means the alias could not connect."""
-    from multipool.checks import spec_of
+    from multipool.config import spec_from_settings
     from multipool.pools import manager
 
-    spec = spec_of(alias, entry)
+    spec = spec_from_settings(alias, entry)
     if not args.json:
         print()
         print(

@@ -34,7 +34,6 @@ from multipool.tls.spec import (
     system_ca_bundle,
 )
 from multipool.tls.spellings import (
-    TLS_OPTION_KEYS,
     TLS_OPTION_NAMES,
     normalize_tls_field,
     tls_fields_from_options,
@@ -53,7 +52,6 @@ __all__ = [
     "EXPIRY_WARNING_DAYS",
     "MYSQL_SSL_MODES",
     "TLS_MODES",
-    "TLS_OPTION_KEYS",
     "TLS_OPTION_NAMES",
     "TLS_VERSIONS",
     "VENDORS",

@@ -15,7 +15,7 @@ from typing import Any
 from multipool.errors import InvalidTLSSetting, TLSFileError
 from multipool.setting_names import LIBPQ_KEYS, MYSQL_FLAT_KEYS, SettingNames, short
 from multipool.tls.pem import is_pem_text, looks_like_pem_body, write_pem
-from multipool.tls.spec import TLS_MODES, VENDORS, TLSSpec
+from multipool.tls.spec import TLS_MODES, TLSSpec
 from multipool.tls.support import check_tls_support
 
 # Every spelling of a mode, after ``strip().lower().replace("_", "-")``.
@@ -65,9 +65,6 @@ _SSL_DICT_KEYS: Mapping[str, str] = {
 #: for every vendor, so a backend can strip them all from the driver parameters
 #: and put :meth:`TLSSpec.driver_kwargs` in their place.
 TLS_OPTION_NAMES: frozenset[str] = frozenset(LIBPQ_KEYS) | frozenset(MYSQL_FLAT_KEYS) | {"ssl"}
-
-#: vendor -> :data:`TLS_OPTION_NAMES` (kept for existing imports)
-TLS_OPTION_KEYS: Mapping[str, frozenset[str]] = {vendor: TLS_OPTION_NAMES for vendor in VENDORS}
 
 #: the fields whose values are not files (a NUL in them is not a file problem)
 _TEXT_FIELDS = ("mode", "min_version", "ciphers")
