@@ -49,6 +49,8 @@ POOL_ATTRIBUTES: Mapping[str, str] = {
     "pool_lifo": "lifo",
     "pool_reset": "reset",
     "pooler": "pooler",
+    "connect_timeout": "connect_timeout",
+    "network_timeout": "network_timeout",
 }
 
 #: libpq ``OPTIONS`` key -> TLS field

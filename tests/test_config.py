@@ -51,11 +51,13 @@ POOL_DEFAULTS = {
     "pool_recycle": None,
     "pool_pre_ping": False,
     "pool_ping_idle": 30.0,
-    "pool_poll_idle": 0.5,
+    "pool_poll_idle": 0.0,
     "pool_overflow_idle": 30.0,
     "pool_lifo": True,
     "pool_reset": "transaction",
     "pooler": None,
+    "connect_timeout": 10.0,
+    "network_timeout": 30.0,
 }
 
 
@@ -842,7 +844,8 @@ def test_hand_written_entries() -> None:
     assert spec.port == 5432
     assert spec.pool.size == 4
     assert spec.tls == TLSSpec(mode="require")
-    assert spec.options == (("connect_timeout", 3),)
+    assert spec.options == ()
+    assert spec.pool.connect_timeout == 3  # the driver's option, read as multipool's setting
     assert spec.conn_max_age == 0
     assert spec.setting("pool_size") == "DATABASES['default']['OPTIONS']['pool_size']"
     assert spec.setting("sslmode") == "DATABASES['default']['OPTIONS']['sslmode']"
@@ -1081,6 +1084,8 @@ def test_pool_option_keys() -> None:
         "pool_lifo",
         "pool_reset",
         "pool_enabled",
+        "connect_timeout",
+        "network_timeout",
         "pooler",
     } == POOL_OPTION_KEYS
     assert "pool" not in POOL_OPTION_KEYS

@@ -151,7 +151,14 @@ class PooledWrapperMixin:
         for key in _OWN_OPTION_KEYS.intersection(params):
             del params[key]
         params.update(spec.tls.driver_kwargs(self.multipool_vendor))
+        for key, value in self.network_params(spec).items():
+            params.setdefault(key, value)  # a driver option the user wrote wins
         return params
+
+    def network_params(self, spec: DatabaseSpec) -> dict[str, Any]:
+        """Hook: driver parameters that bound a connect and detect a silent network
+        (``CONNECT_TIMEOUT``, ``NETWORK_TIMEOUT``)."""
+        return {}
 
     # -- checkout ----------------------------------------------------------------
     @async_unsafe
@@ -216,13 +223,17 @@ class PooledWrapperMixin:
             if explained is None:
                 raise
             raise explained from exc
-        if spec.encryption_setting() is not None:
-            try:
+        try:
+            if spec.encryption_setting() is not None:
                 self.confirm_encryption(connection, spec)
-            except BaseException:
-                _close_quietly(connection)
-                raise
+            self.configure_socket(connection, spec)
+        except BaseException:
+            _close_quietly(connection)
+            raise
         return connection
+
+    def configure_socket(self, connection: Any, spec: DatabaseSpec) -> None:
+        """Hook: socket options of a new connection the driver cannot set itself."""
 
     def confirm_encryption(self, connection: Any, spec: DatabaseSpec) -> None:
         """Hook: raise :class:`~multipool.errors.EncryptionRequired` if the new

@@ -126,10 +126,12 @@ ENV_KEYS: tuple[EnvKey, ...] = (
         "POOL_POLL_IDLE",
         "pool_poll_idle",
         _SECONDS,
-        "`0.5`",
-        "Before lending a connection that sat idle at least this long, check its socket "
-        "(a zero-timeout `poll()`, no round trip) for a close by the server. A connection "
-        "used more recently is lent unchecked, as HikariCP and pgx do; `0`: check every time.",
+        "`0`",
+        "Before lending a connection again, check its socket (a zero-timeout `poll()`, no "
+        "round trip) for a close by the server, so that no request fails on a connection "
+        "the server closed. With a value above 0, a connection used less than this many "
+        "seconds ago is lent without the check (about 1 µs saved per request), as "
+        "HikariCP and pgx do.",
     ),
     EnvKey(
         "POOL_OVERFLOW_IDLE",
@@ -164,6 +166,26 @@ ENV_KEYS: tuple[EnvKey, ...] = (
         "`none`",
         "An external pooler sits between the application and the server "
         "(`pgbouncer`: PostgreSQL only; `proxysql`: MySQL only).",
+    ),
+    EnvKey(
+        "CONNECT_TIMEOUT",
+        "connect_timeout",
+        "seconds (number ≥ 1)",
+        "`10`",
+        "How long opening one connection may take (TCP, TLS handshake, login) before it "
+        "fails with an error naming the alias and the host. A checkout therefore fails "
+        "within `POOL_TIMEOUT` plus this. Also accepted as `?connect_timeout=` in the URL.",
+    ),
+    EnvKey(
+        "NETWORK_TIMEOUT",
+        "network_timeout",
+        "seconds (number ≥ 0)",
+        "`30`",
+        "How long the network to the server may stay silent before a connection counts as "
+        "dead: TCP keepalives probe idle connections, and data the server has not "
+        "acknowledged after this long fails the query (PostgreSQL `tcp_user_timeout`, the "
+        "same socket option on MySQL). A host that is down or unreachable then fails "
+        "requests instead of hanging them. `0`: the operating system's defaults (hours).",
     ),
     EnvKey(
         "CONN_MAX_AGE",

@@ -32,7 +32,7 @@ _SENSITIVE = ("password", "passwd", "secret", "token")
 
 @dataclass(frozen=True)
 class PoolSpec:
-    """How one alias pools its connections."""
+    """How one alias opens and pools its connections."""
 
     enabled: bool = True
     size: int = 5
@@ -41,11 +41,13 @@ class PoolSpec:
     recycle: float | None = None  # seconds; None = never
     pre_ping: bool = False  # ping on every checkout
     ping_idle: float = 30.0  # ping connections idle longer than this many seconds
-    poll_idle: float = 0.5  # poll the socket of connections idle at least this long
+    poll_idle: float = 0.0  # poll the socket of connections idle at least this long
     overflow_idle: float = 30.0  # close a surplus connection idle this long; 0 = on return
     lifo: bool = True
     reset: str = "transaction"  # "transaction" | "session" (see POOL_RESETS)
     pooler: str | None = None  # None | "pgbouncer" | "proxysql"
+    connect_timeout: float = 10.0  # seconds to open a connection (TCP, TLS, login)
+    network_timeout: float = 30.0  # seconds a silent network may last (keepalives); 0 = OS
 
     @classmethod
     def from_options(cls, values: Mapping[str, Any]) -> PoolSpec:

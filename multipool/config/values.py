@@ -121,6 +121,15 @@ def _recycle(alias: str, setting: str, value: Any) -> float | None:
     return number
 
 
+def _connect_timeout(alias: str, setting: str, value: Any) -> float:
+    """Seconds, at least 1 (the drivers count whole seconds; libpq treats 1 as 2)."""
+    fix = "use a number of seconds of at least 1 (10 is the default)"
+    number = _as_float(alias, setting, value, fix)
+    if number < 1:
+        raise InvalidPoolSetting(alias, setting, f"{number:g} is below 1 second", fix)
+    return number
+
+
 def _choice(value: Any, choices: list[str]) -> str | None:
     """``value`` as one of ``choices`` (any case, spaces around), or ``None``."""
     if not isinstance(value, str):
@@ -165,6 +174,8 @@ _POOL_PARSERS: Mapping[str, Callable[[str, str, Any], Any]] = {
     "pool_lifo": _as_bool,
     "pool_reset": _reset,
     "pooler": _pooler,
+    "connect_timeout": _connect_timeout,
+    "network_timeout": _seconds,
 }
 
 

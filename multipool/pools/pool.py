@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.pool import QueuePool
 
 from multipool.errors import PoolTimeout
-from multipool.pools.staleness import Staleness, socket_readable
+from multipool.pools.staleness import NO_CHECK, POLL, SocketWatch, Staleness
 from multipool.pools.stats import Counters, PoolStats
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ logger = logging.getLogger("multipool.pools")
 #: keys in a physical connection's ``info`` (SQLAlchemy clears it on reconnect)
 RETURNED_AT = "multipool.returned_at"  # when it was last given back (monotonic)
 FIRST_LENT_AT = "multipool.first_lent_at"  # when it was first lent (monotonic)
-SOCKET_FD = "multipool.socket_fd"  # its socket's file descriptor
+SOCKET_WATCH = "multipool.socket_watch"  # a SocketWatch of its socket
 
 Connector = Callable[[], Any]
 Pinger = Callable[[Any], None]
@@ -118,7 +118,6 @@ class AliasPool:
             poll_idle=0.0 if spec.replica_of is not None else float(pool.poll_idle),
             can_ping=ping is not None,
         )
-        self._fresh_for = self.staleness.fresh_for
         #: whether a backend may keep a connection between requests: not when the
         #: session must be reset, nor behind a pooler whose server session may change
         self.keeps_between_requests = pool.pooler is None and pool.reset == "transaction"
@@ -239,12 +238,10 @@ class AliasPool:
         if returned_at is None:
             return True  # fresh from connect(): nothing to check
         idle = time.monotonic() - returned_at
-        suspect = returned_at <= self._suspect_before
-        if not self.staleness.must_ping(
-            idle, suspect=suspect, readable=lambda: self._readable(lease)
-        ):
+        check = self.staleness.check(idle, suspect=returned_at <= self._suspect_before)
+        if check is NO_CHECK or (check is POLL and not self._readable(lease)):
             return True
-        assert self._ping is not None  # must_ping() says no without a pinger
+        assert self._ping is not None  # no check is asked for without a pinger
         try:
             self._ping(lease.connection)
         except Exception as exc:
@@ -265,16 +262,16 @@ class AliasPool:
         return True
 
     def _readable(self, lease: Lease) -> bool:
+        """Whether the connection's socket has something to read (it should not)."""
         if self.fileno is None:
             return False
-        info = lease.info
-        fd = info.get(SOCKET_FD)
-        if fd is None:
+        watch = lease.info.get(SOCKET_WATCH)
+        if watch is None:
             try:  # a connection keeps its socket for life
-                fd = info[SOCKET_FD] = self.fileno(lease.connection)
+                watch = lease.info[SOCKET_WATCH] = SocketWatch(self.fileno(lease.connection))
             except (OSError, ValueError):
                 return True  # no usable socket: let the ping decide
-        return socket_readable(fd)
+        return watch.readable()
 
     def mark_suspect(self) -> None:
         """Ping every connection given back before now at its next checkout."""
@@ -311,9 +308,6 @@ class AliasPool:
             if kept_at is None:
                 return False
             self._counters.checkouts += 1
-            suspect_before = self._suspect_before
-        if kept_at > suspect_before and time.monotonic() - kept_at < self._fresh_for:
-            return True  # used a moment ago, and nothing broke since: no check at all
         if self._usable(lease, kept_at):
             return True
         self._release_slot()

@@ -1,42 +1,53 @@
-"""When an idle connection must be checked before it is lent again.
+"""When an idle connection must be checked before it is lent again, and how.
 
-A busy, healthy pool pays no round trip per checkout. A connection is pinged
-only when it may be stale: its socket has something to read although nobody
-asked the server anything (the server closed it: a restart,
-``pg_terminate_backend``, ``KILL``, an idle timeout), it sat idle longer than
-``ping_idle``, it was given back before a connection of its pool was found
-broken (a broken one usually means the server restarted), or ``pre_ping`` is
-set. The socket itself is looked at only when the connection sat idle at
-least ``poll_idle`` seconds: a connection used that recently is lent
-unchecked (HikariCP's "alive bypass window", pgx's one second).
+A busy, healthy pool pays no round trip per checkout. Before a connection is
+lent again its socket is looked at (a zero-timeout ``poll()``, no round trip):
+an idle client connection has nothing to read, since the server only speaks
+when asked, so data or end-of-file there means the server closed it (a
+restart, ``pg_terminate_backend``, ``KILL``, an idle timeout) or sent an
+asynchronous message. The connection is then pinged (one round trip) -- and
+also when it sat idle longer than ``ping_idle``, when it was given back before
+a connection of its pool was found broken (a broken one usually means the
+server restarted), or when ``pre_ping`` is set.
+
+With ``poll_idle`` above 0, a connection used less than ``poll_idle`` seconds
+ago is lent without even the ``poll()`` (HikariCP's "alive bypass window").
 """
 
 from __future__ import annotations
 
+import enum
 import select
-from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["Staleness", "socket_readable"]
+__all__ = ["Check", "SocketWatch", "Staleness"]
 
 _READABLE = getattr(select, "POLLIN", 1) | getattr(select, "POLLPRI", 2)
 
 
-def socket_readable(fd: int) -> bool:
-    """Whether ``fd`` has something to read right now (no waiting).
+class Check(enum.Enum):
+    """What a connection needs before it is lent again."""
 
-    An idle client connection has nothing to read: the server only speaks when
-    asked. Data or end-of-file on an idle socket means the server closed it or
-    sent an asynchronous message; either way the connection deserves a ping.
-    """
-    if fd < 0:
-        return True
-    if hasattr(select, "poll"):
-        poller = select.poll()
-        poller.register(fd, _READABLE)
-        return bool(poller.poll(0))
-    readable, _, _ = select.select([fd], [], [], 0)  # pragma: no cover - not POSIX
-    return bool(readable)
+    NONE = "none"
+    POLL = "poll"  # look at its socket; ping if something is there
+    PING = "ping"  # one round trip
+
+
+NO_CHECK, POLL, PING = Check
+
+
+class SocketWatch:
+    """A zero-timeout look at one connection's socket, set up once per connection."""
+
+    __slots__ = ("_poller",)
+
+    def __init__(self, fd: int) -> None:
+        self._poller = select.poll()
+        self._poller.register(fd, _READABLE)
+
+    def readable(self) -> bool:
+        """Whether the socket has something to read (or an error) right now."""
+        return bool(self._poller.poll(0))
 
 
 @dataclass(frozen=True)
@@ -48,24 +59,11 @@ class Staleness:
     poll_idle: float
     can_ping: bool = True
 
-    @property
-    def fresh_for(self) -> float:
-        """Seconds after its return during which a connection is lent with no check
-        at all (unless a broken one was found meanwhile)."""
+    def check(self, idle: float, *, suspect: bool) -> Check:
+        """What a connection idle ``idle`` seconds needs before it is lent;
+        ``suspect``: it was given back before a broken connection was found."""
         if not self.can_ping:
-            return float("inf")
-        if self.pre_ping:
-            return 0.0
-        return min(self.poll_idle, self.ping_idle)
-
-    def must_ping(self, idle: float, *, suspect: bool, readable: Callable[[], bool]) -> bool:
-        """Whether a connection idle ``idle`` seconds must be pinged before it is lent.
-
-        ``suspect``: it was given back before a broken connection was found;
-        ``readable()``: whether its socket has data (asked only when it matters).
-        """
-        if not self.can_ping:
-            return False
+            return NO_CHECK
         if self.pre_ping or suspect or idle > self.ping_idle:
-            return True
-        return idle >= self.poll_idle and readable()
+            return PING
+        return POLL if idle >= self.poll_idle else NO_CHECK

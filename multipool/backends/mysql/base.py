@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 from django.db.backends.mysql import base as django_mysql
@@ -13,6 +14,7 @@ from django.db.backends.mysql.creation import DatabaseCreation as _DjangoCreatio
 from multipool.backends.creation import PooledCreationMixin
 from multipool.backends.diagnosis import encryption_required
 from multipool.backends.pooled import PooledWrapperMixin
+from multipool.backends.sockets import set_network_timeout
 
 if TYPE_CHECKING:
     from multipool.config import DatabaseSpec
@@ -39,6 +41,14 @@ class DatabaseWrapper(PooledWrapperMixin, django_mysql.DatabaseWrapper):
     # the session, so it runs once per physical connection.
     init_once = True
     creation_class = DatabaseCreation
+
+    def network_params(self, spec: DatabaseSpec) -> dict[str, Any]:
+        return {"connect_timeout": math.ceil(spec.pool.connect_timeout)}
+
+    def configure_socket(self, connection: Any, spec: DatabaseSpec) -> None:
+        # mysqlclient has no keepalive or user-timeout options: set them on the
+        # connection's TCP socket (a Unix socket needs none).
+        set_network_timeout(connection.fileno(), spec.pool.network_timeout)
 
     def confirm_encryption(self, connection: Any, spec: DatabaseSpec) -> None:
         # mysqlclient built against MariaDB Connector/C does not enforce

@@ -5,7 +5,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import TYPE_CHECKING, Any
 
 from django.db import DEFAULT_DB_ALIAS
 from django.db.backends.base.base import NO_DB_ALIAS
@@ -18,6 +19,9 @@ from multipool.backends.creation import PooledCreationMixin
 from multipool.backends.pooled import PooledWrapperMixin
 from multipool.errors import ConfigurationError
 from multipool.pools import manager
+
+if TYPE_CHECKING:
+    from multipool.config import DatabaseSpec
 
 # libpq's PQtransactionStatus: 0 idle, 1 active, 2 in transaction, 3 in error, 4 unknown (bad).
 _IDLE = 0
@@ -60,6 +64,21 @@ class DatabaseWrapper(PooledWrapperMixin, django_postgresql.DatabaseWrapper):
         if pooler == "pgbouncer":
             # Also for hand-written entries: no server-side cursors behind PgBouncer.
             self.settings_dict["DISABLE_SERVER_SIDE_CURSORS"] = True
+
+    def network_params(self, spec: DatabaseSpec) -> dict[str, Any]:
+        # libpq's own: connect_timeout counts whole seconds per host; keepalives
+        # probe an idle connection; tcp_user_timeout fails unacknowledged data.
+        params: dict[str, Any] = {"connect_timeout": math.ceil(spec.pool.connect_timeout)}
+        silence = spec.pool.network_timeout
+        if silence > 0:
+            params.update(
+                keepalives=1,
+                keepalives_idle=max(1, int(silence // 3)),
+                keepalives_interval=max(1, int(silence // 9)),
+                keepalives_count=3,
+                tcp_user_timeout=int(silence * 1000),
+            )
+        return params
 
     def prepare_checkout(self, connection: Any) -> None:
         # Django's get_new_connection sets the wrapper's isolation level before
