@@ -34,7 +34,8 @@ example may want); TLS file settings (a path, ``system``, or PEM text shortened 
 ``...``) by the server's CA and the ``certuser`` client certificate; a key passphrase
 ``...`` by a real one of an encrypted copy of that key. A block of variables without a
 ``DATABASE_URL`` is checked on top of the PostgreSQL test server's. Output of commands
-that connect shows each test server's address as the address it replaced.
+that connect shows each test server's address as the address it replaced, and the
+directory a transcript runs in as ``/srv/mysite``.
 """
 
 from __future__ import annotations
@@ -75,6 +76,8 @@ BLOCKS = blocks()
 BIN = Path(sys.executable).parent
 FILE_KEYS = ("SSLROOTCERT", "SSLCERT", "SSLKEY", "SSLCRL")
 PASSPHRASE = "docs-test-passphrase"
+WORKDIR = "/srv/mysite"  # where the transcripts appear to run
+DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306}
 
 
 def kind(block: Block) -> str:
@@ -160,11 +163,13 @@ def point_at_servers(
         server, doc = _server_of(value, servers), urlsplit(value)
         real = urlsplit(server.url("app"))
         password = real.password if doc.username == "app" else doc.password
-        netloc = f"{doc.username}:{password}@{real.hostname}:{real.port}"
+        userinfo = f"{doc.username or ''}{f':{password}' if password else ''}"
+        netloc = f"{userinfo}@{real.hostname}:{real.port}".lstrip("@")
         out[name] = urlunsplit((doc.scheme, netloc, f"/{server.database}", doc.query, ""))
-        place = f"{doc.hostname}:{doc.port or real.port}"
+        place = f"{doc.hostname}:{doc.port or DEFAULT_PORTS[server.engine]}"
         shown[f"{real.hostname}:{real.port}/{server.database}"] = f"{place}{doc.path}"
         shown[f"{real.hostname}:{real.port}"] = place
+        shown[f"localhost:{real.port}"] = place  # the same server, as budget names it
         notes.append(f"{name}: {place}{doc.path} -> the {server.flavor} test server")
     for name, value in env.items():
         prefix, _, suffix = name.rpartition("DATABASE_")
@@ -234,7 +239,7 @@ def workdir() -> Iterator[Path]:
 def clean_environ(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if "DATABASE_" not in k and k != "DJANGO_SETTINGS_MODULE"}
-    return {**env, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", **extra}
+    return {**env, "PYTHONUNBUFFERED": "1", **extra}
 
 
 def run(argv: list[str], cwd: Path, **env: str) -> tuple[int, str]:
@@ -309,10 +314,11 @@ def test_api(block: Block, startproject: Path, servers: Servers, workdir: Path) 
         from multipool.testing.servers import free_port
 
         env = (workdir / ".env").read_text()
-        replica = re.search(r"^REPLICA1_DATABASE_URL=\S+", env, re.M)
+        replica = re.search(r"^REPLICA1_DATABASE_URL=(\S+)", env, re.M)
         assert replica, "the page configures no replica1"
-        down = re.sub(r":\d+/", f":{free_port()}/", replica.group(0))
-        (workdir / ".env").write_text(env.replace(replica.group(0), down))
+        url = urlsplit(replica[1])
+        down = url._replace(netloc=f"{url.netloc.rpartition(':')[0]}:{free_port()}").geturl()
+        (workdir / ".env").write_text(env.replace(replica[1], down))
         before = ("from django.db import router\nfrom django.contrib.auth.models import User\n"
                   "for _ in range(3):\n    router.db_for_read(User)\n")
     else:  # one request per alias
@@ -392,7 +398,7 @@ def test_generated_entry(block: Block) -> None:
     real = config.databases(source=variables(first), validate=False)["default"]
 
     def compare(shown: Any, real: Any, where: str) -> None:
-        if isinstance(shown, dict):
+        if isinstance(shown, dict):  # all keys, unless the dict shown ends with "..."
             elided = bool(re.search(rf"{re.escape(where.split('.')[-1])}\W+\{{[^{{}}]*\.\.\.\s*\}}",
                                     block.text))
             assert elided or set(shown) == set(real), (where, set(real) ^ set(shown))
@@ -469,6 +475,8 @@ def run_documented(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[int
         for requirement in (a for a in argv[2:] if a != "-e"):
             project, _, wanted = requirement.partition("[")
             assert project in (".", "multipool"), f"not this project: {requirement}"
+            if project == ".":  # an editable install of this checkout
+                assert Path(config.__file__).is_relative_to(ROOT), config.__file__
             assert set(wanted.rstrip("]").split(",")) - {""} <= extras, requirement
         return 0, "installed"
     if name in ("python", "python3") and argv[1:3] == ["-m", "pytest"]:
@@ -491,13 +499,14 @@ def test_commands(block: Block, startproject: Path, servers: Servers, workdir: P
 def test_output(block: Block, servers: Servers, workdir: Path) -> None:
     sources = env_blocks(block, "section")
     for command in transcript(block.text):
-        connects = "--connect" in command.argv or command.argv[1] == "demo"
+        connects = "--connect" in command.argv or command.argv[1:2] == ["demo"]
         env, shown, notes = (point_at_servers(merged(sources), servers) if connects
                              else (merged(sources), {}, []))
         (workdir / ".env").write_text(dotenv(sources, env))
         code, out = run(command.argv, workdir)
         for real, doc in sorted(shown.items(), key=lambda item: -len(item[0])):
             out = out.replace(real, doc)
+        out = out.replace(str(workdir), WORKDIR)
         assert command.output is not None
         if not matches(command.output, out):
             diff = difflib.unified_diff(normalized(command.output).splitlines(),
