@@ -4,12 +4,13 @@ from the code (the blocks are extracted by ``tests/docs_blocks.py``).
 How each kind of block (:func:`kind`) is checked:
 
 * ``settings``: a Python settings fragment, appended to the ``settings.py`` of a fresh
-  ``django-admin startproject`` (after the page's fragments above it), with the page's
-  blocks of variables as its ``.env``; ``python manage.py check`` must find no issue
-  (and ``check --tag multipool`` must find multipool's checks when the fragment
-  installs the app).
+  ``django-admin startproject`` (after the page's fragments above it, or after
+  :data:`SETTINGS` when none sets ``DATABASES``), with the page's blocks of variables
+  as its ``.env``; ``python manage.py check`` must find no issue (and ``check --tag
+  multipool`` must find multipool's checks when the fragment installs the app).
 * ``api``: a snippet run with ``manage.py shell`` in that project, against the test
-  servers, after one request per alias; the names a result comment shows must be in
+  servers, after one request per alias (for ``health``: after reads routed while
+  ``replica1`` points at a closed port); the names a result comment shows must be in
   the result.
 * ``script``: run as a Python script in that project, with good and with bad settings.
 * ``variables``: a block of ``NAME=value`` lines, loaded as a ``.env`` (on top of the
@@ -29,13 +30,14 @@ How each kind of block (:func:`kind`) is checked:
 What cannot exist here is replaced, visibly (:func:`point_at_servers`; a failure lists
 the replacements): every database URL's host, port and database name by a test
 server's (PostgreSQL for ``postgres*`` schemes, else MySQL), the password of user
-``app`` by its real one (other users keep theirs: they do not exist and fail, as an
-example may want); TLS file settings (a path, ``system``, or PEM text shortened with
-``...``) by the server's CA and the ``certuser`` client certificate; a key passphrase
-``...`` by a real one of an encrypted copy of that key. A block of variables without a
-``DATABASE_URL`` is checked on top of the PostgreSQL test server's. Output of commands
-that connect shows each test server's address as the address it replaced, and the
-directory a transcript runs in as ``/srv/mysite``.
+``app`` by its real one (other users keep name and password: the servers do not
+know them, which is how docs/cli.md shows a refused login); TLS file settings (a
+path, ``system``, or PEM text shortened with ``...``) by the server's CA and the
+``certuser`` client certificate; a key passphrase ``...`` by a real one of an
+encrypted copy of that key. A block of variables without a ``DATABASE_URL`` is
+checked on top of the PostgreSQL test server's. Output of commands that connect shows
+each test server's address as the address it replaced, and the directory a
+transcript runs in as ``/srv/mysite``.
 """
 
 from __future__ import annotations
@@ -336,9 +338,9 @@ def test_api(block: Block, startproject: Path, servers: Servers, workdir: Path) 
     for number, line in enumerate(block.lines, start=1):
         comment = line.partition("#")[2]
         for name, value in _shown_names(comment).items():
-            assert re.search(rf"\b{name}\b", results[str(number)]), (line, results[str(number)])
-            if value is not None:
-                assert f"'{name}': '{value}'" in results[str(number)], (line, results)
+            result = results.get(str(number), "(not an expression)")
+            assert re.search(rf"\b{name}\b", result), (line, result)
+            assert value is None or f"'{name}': '{value}'" in result, (line, result)
 
 
 @pytest.mark.parametrize("block", of_kind("script"))
@@ -455,7 +457,8 @@ def test_variables(
         warnings.simplefilter("error")
         specs = config.read_environment(search_path=workdir)
     read = {name for spec in specs.values() for _, name in spec.settings} | {"DATABASE_ALIASES"}
-    assert not set(variables(block)) - read, f"variables no alias reads ({notes})"
+    unread = sorted(set(variables(block)) - read)
+    assert not unread, f"variables that no alias reads: {unread}"
     assert main(["config"]) == 0, capsys.readouterr()
     assert main(["check"]) == 0, capsys.readouterr()
     assert "System check identified no issues" in capsys.readouterr().out, notes
