@@ -222,10 +222,7 @@ def env_blocks(block: Block, scope: str) -> list[Block]:
 
 
 def merged(blocks_: list[Block]) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for b in blocks_:
-        env.update(variables(b))
-    return env
+    return {name: value for b in blocks_ for name, value in variables(b).items()}
 
 
 # -- running things ------------------------------------------------------------------------
@@ -360,7 +357,7 @@ def test_before(block: Block, monkeypatch: pytest.MonkeyPatch) -> None:
     multipool's, the leftover pool option is refused, naming it as the page does."""
     code = compile(block.text, block.where, "exec")
     if "ENGINE" not in block.text:
-        return  # dj-database-url: not installed here; compiled
+        return  # dj-database-url, not installed here: compiled only
     monkeypatch.setenv("DB_PASSWORD", "secret")
     namespace: dict[str, Any] = {"os": os}
     exec(code, namespace)
@@ -412,24 +409,22 @@ def test_generated_entry(block: Block) -> None:
     compare(shown, real, "entry")
 
 
+def _parameters(function: Any) -> list[tuple[str, Any, Any]]:
+    return [(p.name, p.kind, p.default) for p in inspect.signature(function).parameters.values()]
+
+
 @pytest.mark.parametrize("block", of_kind("signatures"))
 def test_signatures(block: Block) -> None:
-    """``config.NAME(PARAMETERS)`` lines: the function's real parameters."""
-    for line in block.lines:
-        match = re.match(r"config\.(\w+)(?:\(([^)]*)\))?", line)
-        if not match:
-            continue
+    """``config.NAME(PARAMETERS)`` lines: the function's real parameters
+    (``config.NAME`` alone: the name exists)."""
+    signature = inspect.signature(config.databases).replace(return_annotation=inspect._empty)
+    for match in re.finditer(r"^config\.(\w+)(?:\(([^)]*)\))?", block.text, re.M):
         real = getattr(config, match[1])
-        if match[2] is None:
-            continue
-        signature = inspect.signature(config.databases)
-        same = str(signature.replace(return_annotation=inspect.Signature.empty))[1:-1]
-        shown = match[2].replace("...same arguments...", same)
-        fake: dict[str, Any] = {}
-        exec(f"def f({shown}): pass", fake)
-        parameters = lambda f: [(p.name, p.kind, p.default) for p in  # noqa: E731
-                                inspect.signature(f).parameters.values()]
-        assert parameters(fake["f"]) == parameters(real), line
+        if match[2] is not None:
+            fake: dict[str, Any] = {}
+            shown = match[2].replace("...same arguments...", str(signature)[1:-1])
+            exec(f"def f({shown}): pass", fake)
+            assert _parameters(fake["f"]) == _parameters(real), match[0]
 
 
 # -- shell -------------------------------------------------------------------------------
