@@ -528,7 +528,8 @@ def test_output(block: Block, servers: Servers, workdir: Path) -> None:
             assert "shortened" in block.before, f"{block.where}: say that it is shortened"
         pasted = re.findall(r"^ *[A-Z0-9_]*DATABASE_[A-Z_]+=\S+ +#.*", out, re.M)
         assert not pasted, f"{block.where}: a variable to paste into .env with a comment: {pasted}"
-        problems = re.search(r"FAILED| OVER\b|refusing", command.output)
+        # exit 1 when the output shows a problem: a failed connect, over budget, a refusal
+        problems = re.search(r"FAILED| OVER\b|already exists", command.output)
         assert code == (1 if problems else 0), (code, out)
 
 
