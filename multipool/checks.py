@@ -112,7 +112,7 @@ _ERROR_IDS: tuple[tuple[type[ConfigurationError], str], ...] = (
 def _from_error(alias: str, exc: ConfigurationError) -> Error:
     """One :class:`ConfigurationError` as a check message (the id follows its class)."""
     check_id = next(check_id for cls, check_id in _ERROR_IDS if isinstance(exc, cls))
-    return Error(f"{exc.problem} ({exc.setting})", hint=exc.fix, obj=_obj(alias), id=check_id)
+    return Error(f"{exc.setting}: {exc.problem}", hint=exc.fix, obj=_obj(alias), id=check_id)
 
 
 def _tls_warning(alias: str, message: str) -> Warning:

@@ -451,7 +451,7 @@ def test_a_bad_setting_is_a_check_error_not_a_traceback(way: str, tmp_path: Path
     check = run("-m", "django", "check")
     assert check.returncode == 1, check.stdout + check.stderr
     assert "Traceback" not in check.stderr, check.stderr
-    assert f"(multipool.E001) 'lots' is not a whole number ({setting})" in check.stderr
+    assert f"(multipool.E001) {setting}: 'lots' is not a whole number" in check.stderr
     assert "HINT: use a whole number of at least 1" in check.stderr
     use = run("-c", "import django; django.setup(); from django.db import connection\n"
                     "try:\n    connection.ensure_connection()\n"
@@ -459,3 +459,36 @@ def test_a_bad_setting_is_a_check_error_not_a_traceback(way: str, tmp_path: Path
     assert use.returncode == 0, use.stderr
     assert "InvalidPoolSetting" not in use.stderr
     assert "ImproperlyConfigured" in use.stdout and setting in use.stdout
+
+
+def test_the_error_examples_of_checks_md_are_what_the_checks_say(tmp_path: Path) -> None:
+    """docs/checks.md shows one real message per error id (paths under /etc/db)."""
+    certs = generate_dev_certs(tmp_path, clients=("app", "other"))
+    cert, _ = certs.client("app")
+    _, other_key = certs.client("other")
+    start = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
+    old_ca = make_ca()
+    expired, expired_key = issue_cert(
+        old_ca, "app", usage="client", not_before=start, not_after=start + dt.timedelta(days=30)
+    )
+    write_cert(tmp_path / "old-ca.crt", old_ca.cert)
+    write_cert(tmp_path / "expired.crt", expired)
+    write_key(tmp_path / "expired.key", expired_key)
+    pg = "postgresql://app:pw@db.internal/app"
+    verify = {"DATABASE_URL": pg, "DATABASE_SSLMODE": "verify-full",
+              "DATABASE_SSLROOTCERT": str(certs.ca_cert)}
+    cases = {
+        "multipool.E001": {"DATABASE_URL": pg, "DATABASE_POOL_SIZE": "lots"},
+        "multipool.E002": {"DATABASE_URL": pg, "DATABASE_SSLMODE": "verify-full"},
+        "multipool.E003": {**verify, "DATABASE_SSLROOTCERT": "/etc/db/ca.crt"},
+        "multipool.E004": {**verify, "DATABASE_SSLCERT": str(cert),
+                           "DATABASE_SSLKEY": str(other_key)},
+        "multipool.E005": {**verify, "DATABASE_SSLROOTCERT": str(tmp_path / "old-ca.crt"),
+                           "DATABASE_SSLCERT": str(tmp_path / "expired.crt"),
+                           "DATABASE_SSLKEY": str(tmp_path / "expired.key")},
+    }
+    page = (ROOT / "docs" / "checks.md").read_text()
+    for check_id, env in cases.items():
+        message = only(check_databases(env_databases(source=env, validate=False)), check_id)
+        row = next(line for line in page.splitlines() if line.startswith(f"| `{check_id}`"))
+        assert f"`{message.msg}`" in row, (check_id, message.msg)
