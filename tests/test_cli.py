@@ -789,3 +789,26 @@ def test_config_shows_pem_text_by_its_variable(
     assert tls["cert"] == "(PEM text from DATABASE_SSLCERT)"
     assert tls["key"] == "(PEM text from DATABASE_SSLKEY)"
     assert "PRIVATE KEY" not in out + err
+
+
+def test_console_script_finds_the_project_in_the_current_directory(tmp_path: Path) -> None:
+    """``multipool check`` in a project directory finds ``DJANGO_SETTINGS_MODULE``
+    there, as ``manage.py`` does, without ``PYTHONPATH=.``."""
+    script = Path(sys.executable).with_name("multipool")
+    if not script.exists():
+        pytest.skip("the console script is installed by pip install -e .")
+    package = tmp_path / "mysite"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "settings.py").write_text(
+        "import multipool\nSECRET_KEY = 'x'\nINSTALLED_APPS = ['multipool']\n"
+        "DATABASES = multipool.databases()\n"
+    )
+    env = clean_env(DJANGO_SETTINGS_MODULE="mysite.settings")
+    env.pop("PYTHONPATH", None)
+    result = subprocess.run(
+        [str(script), "check"], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=60,
+    )
+    assert result.returncode == EXIT_OK, result.stdout + result.stderr
+    assert result.stdout.startswith("source: Django settings mysite.settings")

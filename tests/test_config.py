@@ -950,8 +950,8 @@ def test_spec_from_settings_is_cached() -> None:
     d = {"ENGINE": "multipool.backends.postgresql", "NAME": "x", "OPTIONS": {"pool_size": 3}}
     assert spec_from_settings("c", d) is spec_from_settings("c", dict(d))
     # unhashable option values still work (no caching)
-    d2 = {**d, "OPTIONS": {"weird": bytearray(b"x")}}
-    assert spec_from_settings("c", d2).option("weird") == bytearray(b"x")
+    d2 = {**d, "OPTIONS": {"options": bytearray(b"x")}}
+    assert spec_from_settings("c", d2).option("options") == bytearray(b"x")
 
 
 # -- equality across input forms ------------------------------------------------------------
@@ -998,13 +998,13 @@ def test_equal_configs_give_equal_specs() -> None:
 def test_lists_and_tuples_are_equal() -> None:
     base = {"ENGINE": "multipool.backends.postgresql", "NAME": "x"}
     a = spec_from_settings(
-        "a", {**base, "OPTIONS": {"options": ["-c", "x"], "d": {"b": 1, "a": 2}}}
+        "a", {**base, "OPTIONS": {"options": ["-c", "x"], "context": {"b": 1, "a": 2}}}
     )
     b = spec_from_settings(
-        "a", {**base, "OPTIONS": {"d": {"a": 2, "b": 1}, "options": ("-c", "x")}}
+        "a", {**base, "OPTIONS": {"context": {"a": 2, "b": 1}, "options": ("-c", "x")}}
     )
     assert a == b and hash(a) == hash(b)
-    assert a.to_django()["OPTIONS"]["d"] == {"a": 2, "b": 1}
+    assert a.to_django()["OPTIONS"]["context"] == {"a": 2, "b": 1}
 
 
 def test_repr_masks_secrets() -> None:
@@ -1094,6 +1094,22 @@ def test_pool_option_keys() -> None:
 # -- round trip -----------------------------------------------------------------------------
 
 _names = st.from_regex(r"[a-z][a-z0-9_]{0,8}", fullmatch=True)
+
+
+def _option_names(vendor: str) -> st.SearchStrategy[str]:
+    """Driver option names the vendor's driver knows (SQLite: any), without the TLS,
+    pool and connection ones multipool reads itself."""
+    if vendor == "sqlite":
+        return _names.filter(lambda k: k not in POOL_OPTION_KEYS and k != "pool")
+    from multipool.config.driver_options import MYSQL_OPTIONS, postgresql_keywords
+
+    known = postgresql_keywords() if vendor == "postgresql" else MYSQL_OPTIONS
+    assert known is not None
+    own = {"host", "port", "user", "password", "passwd", "dbname", "db", "database", "service",
+           "passfile", "tls_version", "unix_socket"}
+    return st.sampled_from(sorted(
+        k for k in known if k not in POOL_OPTION_KEYS and not k.startswith("ssl") and k not in own
+    ))
 _text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12)
 #: a key passphrase: any text but NUL, which the TLS parser refuses by design
 #: (test_key_password_with_nul_is_refused)
@@ -1144,13 +1160,7 @@ def specs(draw: st.DrawFn) -> DatabaseSpec:
     )
     options = draw(
         st.dictionaries(
-            _names.filter(
-                lambda k: (
-                    k not in POOL_OPTION_KEYS
-                    and not k.startswith("ssl")
-                    and k not in ("pool", "tls_version", "service")
-                )
-            ),
+            _option_names(vendor),
             st.integers() | _text | st.lists(st.integers(), max_size=3),
             max_size=3,
         )
@@ -1485,3 +1495,48 @@ def test_sqlite_timeout_option_is_sqlites_own() -> None:
                     "OPTIONS": {"timeout": 20}}
     )
     assert spec.option("timeout") == 20
+
+
+@pytest.mark.parametrize(
+    ("environ", "entry", "setting", "suggestion"),
+    [
+        ({"DATABASE_URL": "postgresql://app@db/shop?bogus_option=1"}, None, "DATABASE_URL", None),
+        ({"DATABASE_URL": "postgresql://app@db/shop?aplication_name=web"}, None,
+         "DATABASE_URL", "application_name"),
+        ({"DATABASE_URL": "mysql://app@db/shop?charst=utf8mb4"}, None, "DATABASE_URL", "charset"),
+        (None, {"ENGINE": "multipool.backends.postgresql", "NAME": "shop",
+                "OPTIONS": {"bogus_option": 1}},
+         "DATABASES['default']['OPTIONS']['bogus_option']", None),
+        (None, {"ENGINE": "multipool.backends.mysql", "NAME": "shop",
+                "OPTIONS": {"init_comand": "SET x=1"}},
+         "DATABASES['default']['OPTIONS']['init_comand']", "init_command"),
+    ],
+    ids=["pg-url", "pg-url-typo", "mysql-url-typo", "pg-options", "mysql-options-typo"],
+)
+def test_unknown_driver_options_are_refused_when_settings_are_read(
+    environ: dict[str, str] | None, entry: dict[str, Any] | None, setting: str,
+    suggestion: str | None,
+) -> None:
+    """An option the driver does not know fails here, not at the first connect."""
+    with pytest.raises(ConfigurationError) as info:
+        if environ is not None:
+            read_environment(source=environ)
+        else:
+            spec_from_settings("default", entry or {})
+    assert info.value.setting == setting
+    assert "unknown" in info.value.problem
+    if suggestion:
+        assert f"did you mean {suggestion}?" in info.value.problem
+
+
+def test_libpq_keywords_come_from_the_driver() -> None:
+    from multipool.config.driver_options import _libpq_accepts, postgresql_keywords
+
+    keywords = postgresql_keywords()
+    assert keywords is not None and {"application_name", "tcp_user_timeout"} <= keywords
+    # psycopg2's own parser answers the same (the path taken without psycopg 3)
+    assert _libpq_accepts("application_name") and not _libpq_accepts("bogus_option")
+    spec = spec_from_settings("default", {"ENGINE": "multipool.backends.postgresql",
+                                          "NAME": "x", "OPTIONS": {"assume_role": "r",
+                                                                   "target_session_attrs": "any"}})
+    assert dict(spec.options) == {"assume_role": "r", "target_session_attrs": "any"}

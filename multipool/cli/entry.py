@@ -14,6 +14,15 @@ from multipool.cli.parser import build_parser
 from multipool.errors import ConfigurationError
 
 
+def _project_importable() -> None:
+    """With ``DJANGO_SETTINGS_MODULE`` set, the current directory's modules import, as
+    ``manage.py``'s own directory does for ``manage.py`` (``python -m`` does this)."""
+    if os.environ.get("DJANGO_SETTINGS_MODULE") and "" not in sys.path:
+        cwd = os.getcwd()
+        if cwd not in sys.path:
+            sys.path.insert(0, cwd)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``multipool`` console script; returns the exit code.
 
@@ -22,6 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     masker = Masker()
     masker.add_environment(os.environ)
+    _project_importable()
     with masked_output(masker):
         parser = build_parser()
         try:

@@ -50,19 +50,6 @@ _URL_FIX = (
 )
 
 
-#: mysqlclient's ``connect()`` arguments, and Django's own MySQL OPTIONS
-_MYSQL_OPTIONS = frozenset(
-    {
-        "host", "user", "password", "passwd", "database", "db", "port", "unix_socket",
-        "conv", "connect_timeout", "compress", "named_pipe", "init_command",
-        "read_default_file", "read_default_group", "cursorclass", "use_unicode", "charset",
-        "collation", "auth_plugin", "sql_mode", "client_flag", "multi_statements",
-        "server_public_key_path", "local_infile", "read_timeout", "write_timeout",
-        "autocommit", "binary_prefix", "isolation_level",
-    }
-)  # fmt: skip
-
-
 def _check_url_parts(
     alias: str, setting: str, vendor: str, url: str, parsed: Any, query: Mapping[str, Any]
 ) -> None:
@@ -98,21 +85,6 @@ def _check_url_parts(
             "the URL contains a NUL character (%00) (value not shown)",
             "remove the %00: no database, user, password or option may contain it",
         )
-    if vendor == "mysql":
-        unknown = sorted(
-            k for k in query
-            if k not in _MYSQL_OPTIONS
-            and k not in TLS_OPTION_NAMES
-            and k not in POOL_OPTION_KEYS
-        )  # fmt: skip
-        if unknown:
-            raise InvalidURL(
-                alias,
-                setting,
-                f"unknown MySQL option {short(unknown[0])} in the URL query",
-                "use mysqlclient connect() options (e.g. connect_timeout, charset, "
-                "init_command), TLS options (ssl_mode, ssl_ca, ...) or pool options",
-            )
 
 
 def parse_url(alias: str, setting: str, url: Any) -> URLParts:
