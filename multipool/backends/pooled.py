@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from django.db.backends.base.base import NO_DB_ALIAS
 from django.utils.asyncio import async_unsafe
 
-from multipool import forking
+from multipool import exiting, forking
 from multipool.backends.binding import (
     BROKEN,
     IDLE,
@@ -451,4 +451,17 @@ def abandon_inherited_connections() -> None:
         binding.clear()  # a kept or parked connection stays with the parent's pool
 
 
+def give_back_thread_connections() -> None:
+    """At exit: this thread's Django connections go back to their pools (which then
+    close them with the protocol's goodbye)."""
+    if "django.db" not in sys.modules:
+        return
+    from django.conf import settings
+    from django.db import connections
+
+    if settings.configured:
+        connections.close_all()
+
+
 forking.in_child_after_fork("connections", abandon_inherited_connections)
+exiting.at_exit("connections", give_back_thread_connections)

@@ -17,7 +17,7 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from multipool import forking
+from multipool import exiting, forking
 from multipool.pools.pool import AliasPool, Fileno, Pinger
 from multipool.pools.stats import PoolStats
 
@@ -81,6 +81,16 @@ class PoolManager:
         for pool in disposed:
             pool.dispose()
 
+    def close_all(self) -> None:
+        """Close every pool's connections now, through the driver (the protocol's
+        goodbye): idle ones at once, lent ones when they are given back."""
+        with self._lock:
+            pools = [*self._pools.values(), *self._retired]
+            self._retired.update(self._pools.values())
+            self._pools = {}
+        for pool in pools:
+            pool.dispose()
+
     def abandon(self, obj: Any) -> None:
         """Keep ``obj`` (a lease or connection inherited over fork) alive, unclosed."""
         self._abandoned.append(obj)
@@ -126,3 +136,4 @@ def _detach_sockets(connections: list[Any], pool: AliasPool) -> int:
 
 manager = PoolManager()
 forking.in_child_after_fork("pools", manager.after_fork_in_child)
+exiting.at_exit("pools", manager.close_all)

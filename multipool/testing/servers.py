@@ -19,7 +19,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -352,6 +352,25 @@ class TestServer:
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.close()
+
+    @property
+    def log_path(self) -> Path | None:
+        """The server's own log file (local servers only; ``None`` otherwise)."""
+        path = getattr(self.controller, "log", None) or getattr(self.controller, "error_log", None)
+        return path if isinstance(path, Path) else None
+
+    @contextlib.contextmanager
+    def new_log_lines(self) -> Iterator[list[str]]:
+        """The lines the server logs while the block runs (filled in when it ends)."""
+        path = self.log_path
+        if path is None:
+            raise ServerControlError(f"{self!r} keeps no log file here")
+        start = path.stat().st_size
+        lines: list[str] = []
+        yield lines
+        with path.open(errors="replace") as log:
+            log.seek(start)
+            lines.extend(log.read().splitlines())
 
     def connection_count(self, *, user: str | None = None, database: str | None = None) -> int:
         """Client connections open on the server, minus the admin connection asking."""
