@@ -166,7 +166,8 @@ def test_a_black_holed_host_fails_within_the_timeouts(
     )
     try:
         assert child.stdout is not None and child.stdin is not None
-        assert child.stdout.readline().strip() == "ready", child.stderr.read() if child.stderr else ""
+        ready = child.stdout.readline().strip()
+        assert ready == "ready", child.stderr.read() if child.stderr else ""
         # the client's packets now leave for a hardware address nobody has
         _ip("netns", "exec", name, "ip", "neigh", "replace", host_ip, "lladdr",
             "02:00:00:00:00:99", "dev", ns_if, "nud", "permanent")
