@@ -542,30 +542,38 @@ def test_budget_against_a_given_limit(cli: Callable[..., Result]) -> None:
         "LEGACY_DATABASE_POOL_SIZE": "2",
         "LEGACY_DATABASE_MAX_OVERFLOW": "0",
     }
-    # 4 workers x 2 hosts = 8 processes: PostgreSQL 8 x 10 = 80, MySQL 8 x 2 = 16.
+    # 4 workers x 2 hosts = 8 processes: PostgreSQL 8 x 10 = 80, MySQL 8 x 2 = 16,
+    # plus one connection per alias for each host's pre-fork master: 82 and 18.
     code, out, err = cli(
         "budget", "--workers", "4", "--hosts", "2", "--max-connections", "100", **env
     )
     assert code == EXIT_OK, err
-    assert "80" in out
-    assert "16" in out
+    assert "82" in out and "18" in out
+    assert "+ 2 pre-fork masters" in out
+    code, out, err = cli(
+        "budget", "--workers", "4", "--hosts", "2", "--max-connections", "100",
+        "--no-master", "--json", **env
+    )
+    assert {s["vendor"]: s["demand"] for s in json.loads(out)["servers"]} == {
+        "postgresql": 80, "mysql": 16
+    }
     code, out, err = cli(
         "budget", "--workers", "4", "--hosts", "2", "--max-connections", "50", "--json", **env
     )
     assert code == EXIT_PROBLEMS
     data = json.loads(out)
-    assert data["over_budget"] is True
+    assert data["over_budget"] is True and data["masters"] == 2
     servers = {s["vendor"]: s for s in data["servers"]}
-    assert servers["postgresql"]["demand"] == 80
+    assert servers["postgresql"]["demand"] == 82
     assert servers["postgresql"]["status"] == "OVER"
-    assert servers["mysql"]["demand"] == 16
+    assert servers["mysql"]["demand"] == 18
     assert servers["mysql"]["status"] == "ok"
     code, out, err = cli(
         "budget", "--workers", "4", "--hosts", "2", "--max-connections", "50", **env
     )
     assert code == EXIT_PROBLEMS
     assert "over budget" in out
-    assert "DATABASE_POOL_SIZE=3" in out  # 50 // 8 = 6 per process: 3 + 3
+    assert "DATABASE_POOL_SIZE=3" in out  # (50 - 2 masters) // 8 = 6 per process: 3 + 3
     assert "PgBouncer" in out
     assert "ProxySQL" not in out  # MySQL is within budget
     code, out, err = cli(
@@ -608,7 +616,7 @@ def test_budget_skips_sqlite_and_counts_threads_when_unpooled(
     )
     (alias,) = json.loads(out)["aliases"]
     assert alias["pooled"] is False
-    assert alias["fleet"] == 2 * 3 * 8
+    assert alias["fleet"] == 2 * 3 * 8 + 3  # and one for each host's pre-fork master
 
 
 def test_budget_reads_the_live_server_limit(cli: Callable[..., Result], server: Any) -> None:
@@ -628,7 +636,7 @@ def test_budget_reads_the_live_server_limit(cli: Callable[..., Result], server: 
     (info,) = json.loads(out)["servers"]
     assert info["max_connections"] == maximum
     assert info["available"] == available
-    assert info["demand"] == 10
+    assert info["demand"] == 2 * 5 + 1  # and the pre-fork master's one
     assert info["status"] == "ok"
     workers = available // 5 + 1  # one process too many
     code, out, err = cli("budget", "--workers", str(workers), "--hosts", "1", "--connect", **env)

@@ -22,3 +22,12 @@ errorlog = "-"
 # Forking after the pools exist is safe (multipool detaches inherited sockets), but
 # nothing is gained: every worker opens its own connections on first use.
 preload_app = False
+
+
+def when_ready(server):
+    """In the master, before the first fork: with preload_app, a query made while the
+    application loaded left a connection in the master's pool for its whole life
+    (one per alias and host in the connection budget). Close it."""
+    import multipool
+
+    multipool.close_all()

@@ -73,8 +73,13 @@ def cmd_budget(args: argparse.Namespace, masker: Masker) -> int:
     source = load_source(masker)
     databases = select_aliases(source, args.alias)
     processes = args.workers * args.hosts
-    groups, skipped = _group_by_server(databases, threads=args.threads, processes=processes)
-    servers = [_server_budget(name, members, args, processes) for name, members in groups.items()]
+    masters = 0 if args.no_master else args.hosts
+    groups, skipped = _group_by_server(
+        databases, threads=args.threads, processes=processes, masters=masters
+    )
+    servers = [
+        _server_budget(name, members, args, processes, masters) for name, members in groups.items()
+    ]
     over = any(s["status"] == "OVER" for s in servers)
     failed = any(s["status"] == "FAILED" for s in servers)
     code = EXIT_PROBLEMS if over or failed else EXIT_OK
@@ -91,6 +96,7 @@ def cmd_budget(args: argparse.Namespace, masker: Masker) -> int:
                 "hosts": args.hosts,
                 "threads": args.threads,
                 "processes": processes,
+                "masters": masters,
                 "aliases": aliases,
                 "servers": servers,
                 "skipped": skipped,
@@ -102,13 +108,18 @@ def cmd_budget(args: argparse.Namespace, masker: Masker) -> int:
         f"fleet: {plural(args.hosts, 'host')} x {plural(args.workers, 'worker')} = "
         f"{processes} processes (source: {source.label})"
     )
+    if masters:
+        print(
+            f"  + {plural(masters, 'pre-fork master')} (1 connection per alias each; "
+            "--no-master if they never query)"
+        )
     _print_tables(groups, servers, threads=args.threads)
     _print_notes(servers, skipped, connect=args.connect)
     return code
 
 
 def _group_by_server(
-    databases: Mapping[str, Any], *, threads: int, processes: int
+    databases: Mapping[str, Any], *, threads: int, processes: int, masters: int
 ) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]]:
     """``({server: [alias demand, ...]}, [skipped alias, ...])``: the aliases sharing a
     server add up; SQLite aliases are skipped (no server)."""
@@ -138,7 +149,7 @@ def _group_by_server(
                 "pool_size": spec.pool.size if pooled else None,
                 "max_overflow": spec.pool.max_overflow if pooled else None,
                 "per_process": per_process,
-                "fleet": per_process * processes,
+                "fleet": per_process * processes + masters,
                 "size_setting": spec.setting("pool_size"),
                 "overflow_setting": spec.setting("max_overflow"),
                 "pooler_setting": spec.setting("pooler"),
@@ -148,7 +159,11 @@ def _group_by_server(
 
 
 def _server_budget(
-    server: str, members: list[dict[str, Any]], args: argparse.Namespace, processes: int
+    server: str,
+    members: list[dict[str, Any]],
+    args: argparse.Namespace,
+    processes: int,
+    masters: int,
 ) -> dict[str, Any]:
     """One server's worst case against its limit (given, read with ``--connect``, or
     unknown); ``status`` is ``ok``, ``OVER``, ``FAILED`` (connect), ``n/a`` or ``unknown``."""
@@ -184,7 +199,7 @@ def _server_budget(
         available = int(info["available"])
         if demand > available:
             info["status"] = "OVER"
-            info["advice"] = _budget_advice(members, available, processes)
+            info["advice"] = _budget_advice(members, available - masters * len(members), processes)
         else:
             info["status"] = "ok"
         info["headroom"] = available - demand

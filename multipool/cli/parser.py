@@ -157,6 +157,12 @@ def _add_budget(sub: Subparsers) -> None:
         default=1,
         help="threads per worker, for aliases that are not pooled (default 1)",
     )
+    p.add_argument(
+        "--no-master",
+        action="store_true",
+        help="do not count a pre-fork master per host (its one connection per alias, "
+        "left by a query at import time under gunicorn --preload)",
+    )
     limit = p.add_mutually_exclusive_group()
     limit.add_argument(
         "--max-connections", type=int, metavar="K", help="the server's connection limit"

@@ -96,3 +96,22 @@ def test_parallel_test_runner_workers_say_goodbye(server: Any) -> None:
                                          timeout=10)
     dropped = [line for line in logged if any(word in line for word in DROPPED)]
     assert not dropped, dropped
+
+
+def test_close_all_gives_every_connection_back_with_a_goodbye(
+    server: Any, make_alias: Any
+) -> None:
+    """What a pre-fork master calls before its first fork (gunicorn's when_ready)."""
+    import multipool
+    from multipool.pools import manager
+    from tests.test_pool_lifecycle import request_cycle
+
+    conn = make_alias(user="plain")
+    assert request_cycle(conn) == [(1,)]
+    assert server.connection_count(user="plain") >= 1
+    with server.new_log_lines() as logged:
+        multipool.close_all()
+        assert server.wait_for_connection_count(0, user="plain") == 0
+    assert manager.get(conn.alias) is None
+    assert not [line for line in logged if any(word in line for word in DROPPED)]
+    assert request_cycle(conn) == [(1,)]  # and the alias works again afterwards
