@@ -824,6 +824,39 @@ def test_expiry_warning_is_emitted_and_logged(
     assert any("expires" in r.getMessage() for r in caplog.records)
 
 
+def test_expiry_warning_is_one_message_per_process(
+    pki: PKI,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """settings.py (databases()) says nothing; the pool says it once, however often the
+    alias's pool is made again; the system checks report it in their own output."""
+    import warnings as warnings_module
+
+    from multipool.pools import manager
+
+    cert, key = pki.client(
+        "later", not_after=dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=6)
+    )
+    environ = {
+        "DATABASE_ALIASES": "expiring",
+        "EXPIRING_DATABASE_URL": PG,
+        "EXPIRING_DATABASE_SSLMODE": "verify-full",
+        "EXPIRING_DATABASE_SSLROOTCERT": pki.ca,
+        "EXPIRING_DATABASE_SSLCERT": cert,
+        "EXPIRING_DATABASE_SSLKEY": key,
+    }
+    with caplog.at_level(logging.WARNING), warnings_module.catch_warnings():
+        warnings_module.simplefilter("error")  # no MultipoolWarning either
+        entry = databases(source=environ)["expiring"]
+        assert not caplog.records
+        spec = spec_from_settings("expiring", entry)
+        for _ in range(3):
+            manager.pool(spec)
+            manager.dispose("expiring")
+    logged = [r for r in caplog.records if "expires" in r.getMessage()]
+    assert len(logged) == 1 and "EXPIRING_DATABASE_SSLCERT" in logged[0].getMessage()
+
+
 # -- DATABASES entries ------------------------------------------------------------------------
 
 

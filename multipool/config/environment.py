@@ -239,7 +239,9 @@ def _aliases_from_env(env: Source) -> tuple[list[str], dict[str, list[str]]]:
     return primaries, replica_lists
 
 
-def _read_all(env: Source, *, validate: bool) -> dict[str, DatabaseSpec | ConfigurationError]:
+def _read_all(
+    env: Source, *, validate: bool, warn: bool = True
+) -> dict[str, DatabaseSpec | ConfigurationError]:
     """Every alias of the environment: its spec, or the error that stops it.
 
     A replica of a primary that cannot be read shares the primary's error (it
@@ -258,21 +260,23 @@ def _read_all(env: Source, *, validate: bool) -> dict[str, DatabaseSpec | Config
                 replicas=replica_lists[primary],
                 replicas_var=replicas_var,
             )
-            found[primary] = _validated(spec) if validate else spec
+            found[primary] = _validated(spec, warn) if validate else spec
         except ConfigurationError as exc:
             found[primary] = exc
             found.update({replica: exc for replica in replica_lists[primary]})
             continue
         for replica in replica_lists[primary]:
             try:
-                found[replica] = _replica(env, replica, primary, layer, validate=validate)
+                found[replica] = _replica(
+                    env, replica, primary, layer, validate=validate, warn=warn
+                )
             except ConfigurationError as exc:
                 found[replica] = exc
     return found
 
 
 def _replica(
-    env: Source, replica: str, primary: str, inherited: _Layer, *, validate: bool
+    env: Source, replica: str, primary: str, inherited: _Layer, *, validate: bool, warn: bool
 ) -> DatabaseSpec:
     replicas_var = f"{env_prefix(primary)}REPLICAS"
     own = f"{env_prefix(replica)}REPLICAS"
@@ -291,11 +295,14 @@ def _replica(
         replicas=[],
         replicas_var=replicas_var,
     )
-    return _validated(spec) if validate else spec
+    return _validated(spec, warn) if validate else spec
 
 
-def _validated(spec: DatabaseSpec) -> DatabaseSpec:
-    for message in validate_spec(spec):
+def _validated(spec: DatabaseSpec, warn: bool) -> DatabaseSpec:
+    """``spec`` once its TLS files check out (raises what is wrong); its warnings are
+    emitted when ``warn``."""
+    messages = validate_spec(spec)
+    for message in messages if warn else ():
         _emit(message)
     return spec
 
@@ -370,10 +377,13 @@ def databases(
     to ``E005``, with the fix as hint) and the first use of the alias raises it
     (a :class:`~multipool.errors.ConfigurationError`, Django's
     ``ImproperlyConfigured``). :func:`read_environment` raises instead.
+
+    Warnings (a certificate about to expire...) are not emitted here: the system
+    checks report them, and a pool logs them once when it is created.
     """
     env = _source(source, search_path, base_dir, defaults)
     try:
-        found = _read_all(env, validate=validate)
+        found = _read_all(env, validate=validate, warn=False)
     except ConfigurationError as exc:  # the list of aliases itself
         return {"default": unusable_entry(exc, "sqlite")}
     return {

@@ -18,6 +18,7 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from multipool import exiting, forking
+from multipool.notices import first_report
 from multipool.pools.pool import AliasPool, Fileno, Pinger
 from multipool.pools.stats import PoolStats
 
@@ -54,7 +55,8 @@ class PoolManager:
             created = AliasPool(spec, ping=ping, fileno=fileno)
             self._pools[spec.alias] = created
             logger.debug("multipool: alias %r pool created: %r", spec.alias, spec.pool)
-            return created
+        _log_warnings(spec)
+        return created
 
     def get(self, alias: str) -> AliasPool | None:
         with self._lock:
@@ -107,6 +109,23 @@ class PoolManager:
         self._abandoned.extend(inherited)
         self._pools = {}
         self._retired = weakref.WeakSet()
+
+
+def _log_warnings(spec: DatabaseSpec) -> None:
+    """Log what the TLS checks warn about (a certificate about to expire...), once per
+    process: not again if the system checks reported it already."""
+    from multipool.errors import ConfigurationError
+    from multipool.tls import validate_tls
+
+    try:
+        messages = validate_tls(
+            spec.alias, spec.tls, settings=spec.setting_names, vendor=spec.vendor
+        )
+    except ConfigurationError:
+        return  # the connect fails and says why
+    for message in messages:
+        if first_report(spec.alias, message):
+            logger.warning("%s", message, extra={"multipool_alias": spec.alias})
 
 
 def _detach_sockets(connections: list[Any], pool: AliasPool) -> int:

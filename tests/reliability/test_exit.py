@@ -106,12 +106,12 @@ def test_close_all_gives_every_connection_back_with_a_goodbye(
     from multipool.pools import manager
     from tests.test_pool_lifecycle import request_cycle
 
-    conn = make_alias(user="plain")
+    conn = make_alias()
     assert request_cycle(conn) == [(1,)]
-    assert server.connection_count(user="plain") >= 1
+    assert server.connection_count(user="app") >= 1
     with server.new_log_lines() as logged:
         multipool.close_all()
-        assert server.wait_for_connection_count(0, user="plain") == 0
+        assert server.wait_for_connection_count(0, user="app") == 0
     assert manager.get(conn.alias) is None
     assert not [line for line in logged if any(word in line for word in DROPPED)]
     assert request_cycle(conn) == [(1,)]  # and the alias works again afterwards
