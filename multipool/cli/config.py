@@ -86,6 +86,10 @@ _HEADERS = (
 
 
 def cmd_config(args: argparse.Namespace, masker: Masker) -> int:
+    if getattr(args, "explain", False):
+        from multipool.cli.explain import cmd_explain
+
+        return cmd_explain(args, masker)
     source = load_source(masker)
     described = [describe_alias(a, e) for a, e in select_aliases(source, args.alias).items()]
     errors = [f"{d['alias']}: {d['error']}" for d in described if "error" in d]

@@ -63,6 +63,13 @@ def _add_config(sub: Subparsers) -> None:
     p = _command(
         sub, "config", "Show every alias as resolved (passwords shown as ***).", cmd_config
     )
+    p.add_argument(
+        "--explain",
+        action="store_true",
+        help="for every value of every alias, the setting and the source it came from "
+        "(environment, .env or settings.ini with its path, a databases() keyword "
+        "argument, the primary, or the default)",
+    )
     _alias_flag(p)
     _json_flag(p)
 

@@ -239,7 +239,7 @@ def _aliases_from_env(env: Source) -> tuple[list[str], dict[str, list[str]]]:
     return primaries, replica_lists
 
 
-def _read_all(
+def read_all(
     env: Source, *, validate: bool, warn: bool = True
 ) -> dict[str, DatabaseSpec | ConfigurationError]:
     """Every alias of the environment: its spec, or the error that stops it.
@@ -307,7 +307,7 @@ def _validated(spec: DatabaseSpec, warn: bool) -> DatabaseSpec:
     return spec
 
 
-def _source(
+def make_source(
     source: Any,
     search_path: str | os.PathLike[str] | None,
     base_dir: str | os.PathLike[str] | None,
@@ -350,9 +350,9 @@ def read_environment(
     With ``validate`` (default), TLS files are checked and warnings are
     emitted as :class:`MultipoolWarning` and logged.
     """
-    env = _source(source, search_path, base_dir, defaults)
+    env = make_source(source, search_path, base_dir, defaults)
     specs: dict[str, DatabaseSpec] = {}
-    for alias, found in _read_all(env, validate=validate).items():
+    for alias, found in read_all(env, validate=validate).items():
         if isinstance(found, ConfigurationError):
             raise found
         specs[alias] = found
@@ -381,9 +381,9 @@ def databases(
     Warnings (a certificate about to expire...) are not emitted here: the system
     checks report them, and a pool logs them once when it is created.
     """
-    env = _source(source, search_path, base_dir, defaults)
+    env = make_source(source, search_path, base_dir, defaults)
     try:
-        found = _read_all(env, validate=validate, warn=False)
+        found = read_all(env, validate=validate, warn=False)
     except ConfigurationError as exc:  # the list of aliases itself
         return {"default": unusable_entry(exc, "sqlite")}
     return {

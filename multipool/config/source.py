@@ -19,7 +19,7 @@ from multipool.setting_names import short
 ALIAS_RE = re.compile(r"[a-z][a-z0-9_]*")
 
 #: the files python-decouple's ``AutoConfig`` reads, in its order of preference
-_SETTINGS_FILES = ("settings.ini", ".env")
+SETTINGS_FILES = ("settings.ini", ".env")
 
 
 def find_settings_file(start: str) -> str | None:
@@ -28,7 +28,7 @@ def find_settings_file(start: str) -> str | None:
     path = os.path.abspath(start)
     root = os.path.normcase(os.path.abspath(os.sep))
     while path and os.path.normcase(path) != root:
-        for name in _SETTINGS_FILES:
+        for name in SETTINGS_FILES:
             candidate = os.path.join(path, name)
             if os.path.isfile(candidate):
                 return candidate
@@ -58,18 +58,21 @@ class Source:
         self.defaults = defaults
         self._get: Callable[[str], Any]
         self.file: str | None = None
+        self._repository: Any = None  # the file's decouple repository, when we read it
+        self._mapping: Mapping[str, Any] | None = None
         self.base_dir = base_dir or search_path or os.getcwd()
         if source is None:
             start = search_path or _caller_dir()
             self.file = find_settings_file(start)
-            repository: Any = RepositoryEmpty()
+            self._repository = RepositoryEmpty()
             if self.file is not None:
                 kind = RepositoryIni if self.file.endswith(".ini") else RepositoryEnv
-                repository = kind(self.file)
-            config = Config(repository)
+                self._repository = kind(self.file)
+            config = Config(self._repository)
             self._get = lambda key: config(key, default=None)
             self.base_dir = base_dir or (os.path.dirname(self.file) if self.file else start)
         elif isinstance(source, Mapping):
+            self._mapping = source
             self._get = source.get
         elif callable(source):  # a decouple Config / AutoConfig
             self._get = lambda key: source(key, default=None)
@@ -96,6 +99,42 @@ class Source:
     def get(self, key: str) -> Any:
         value = self.from_source(key)
         return value if value is not None else self.from_defaults(key)
+
+    def origin(self, key: str) -> str:
+        """Where the value of ``key`` comes from, for ``multipool config --explain``:
+        the process environment, a ``.env`` / ``settings.ini`` file (with its path), a
+        keyword argument of ``databases()``, the mapping given, or ``default``."""
+        if self.from_source(key) is not None:
+            if self._mapping is not None:
+                return "the source mapping"
+            if os.environ.get(key):
+                return "environment"
+            if self.file is not None and key in self._file_keys():
+                return f"{os.path.basename(self.file)} at {self.file}"
+            return "the source given"
+        if self.from_defaults(key) is not None:
+            return "keyword argument of databases()"
+        return "default"
+
+    def names(self) -> set[str]:
+        """Every variable name the source holds (the environment's, the file's, the
+        mapping's and the keyword defaults'), for the check of misspelled names."""
+        if self._mapping is not None:
+            found = {k for k in self._mapping if isinstance(k, str)}
+        else:
+            found = set(os.environ) | self._file_keys()
+        return found | set(self.defaults)
+
+    def _file_keys(self) -> set[str]:
+        repository = self._repository
+        if isinstance(repository, RepositoryEnv):
+            return set(repository.data)
+        if isinstance(repository, RepositoryIni) and repository.parser.has_section(
+            repository.SECTION
+        ):
+            # (ConfigParser keeps option names in lower case; decouple reads them so)
+            return {key.upper() for key in repository.parser.options(repository.SECTION)}
+        return set()
 
     def aliases(self, key: str, owner: str) -> list[str]:
         raw = self.get(key)
