@@ -1134,12 +1134,12 @@ def _option_names(vendor: str) -> st.SearchStrategy[str]:
     pool and connection ones multipool reads itself."""
     if vendor == "sqlite":
         return _names.filter(lambda k: k not in POOL_OPTION_KEYS and k != "pool")
-    from multipool.config.driver_options import MYSQL_OPTIONS, postgresql_keywords
+    from multipool.config.driver_options import MYSQL_OPTIONS, TYPED_OPTIONS, postgresql_keywords
 
     known = postgresql_keywords() if vendor == "postgresql" else MYSQL_OPTIONS
     assert known is not None
     own = {"host", "port", "user", "password", "passwd", "dbname", "db", "database", "service",
-           "passfile", "tls_version", "unix_socket"}
+           "passfile", "tls_version", "unix_socket", *TYPED_OPTIONS[vendor]}
     return st.sampled_from(sorted(
         k for k in known if k not in POOL_OPTION_KEYS and not k.startswith("ssl") and k not in own
     ))

@@ -18,7 +18,13 @@ from typing import Any
 from multipool.errors import ConfigurationError, InvalidURL
 from multipool.setting_names import SettingNames, short
 
-__all__ = ["MYSQL_OPTIONS", "check_driver_options", "postgresql_keywords"]
+__all__ = [
+    "MYSQL_OPTIONS",
+    "TYPED_OPTIONS",
+    "check_driver_options",
+    "postgresql_keywords",
+    "typed_driver_options",
+]
 
 #: mysqlclient's ``connect()`` arguments, and Django's own MySQL OPTIONS
 MYSQL_OPTIONS = frozenset(
@@ -75,6 +81,102 @@ def _known_postgresql() -> tuple[Callable[[str], bool], Iterable[str]]:
         every = keywords | _POSTGRESQL_OWN
         return every.__contains__, every
     return (lambda key: key in _POSTGRESQL_OWN or _libpq_accepts(key)), _POSTGRESQL_OWN
+
+
+_BOOLEANS = {"1": 1, "true": 1, "yes": 1, "on": 1, "0": 0, "false": 0, "no": 0, "off": 0}
+
+
+def _whole(minimum: int, maximum: int | None = None) -> Callable[[Any], Any]:
+    def check(value: Any) -> int:
+        text = str(value).strip()
+        if isinstance(value, bool) or not text.lstrip("-").isdigit():
+            raise ValueError(f"{short(value)} is not a whole number")
+        number = int(text)
+        if number < minimum or (maximum is not None and number > maximum):
+            bound = f"from {minimum} to {maximum}" if maximum is not None else f"{minimum} or more"
+            raise ValueError(f"{number} is out of range (use {bound})")
+        return number
+
+    return check
+
+
+def _flag(value: Any) -> int:
+    """0 or 1, from a boolean in any usual spelling."""
+    flag = _BOOLEANS.get(str(value).strip().lower()) if not isinstance(value, bool) else int(value)
+    if flag is None:
+        raise ValueError(f"{short(value)} is not a boolean (use 1 or 0, true or false)")
+    return flag
+
+
+def _one_of(*choices: str) -> Callable[[Any], Any]:
+    def check(value: Any) -> str:
+        text = str(value).strip().lower()
+        if text not in choices:
+            raise ValueError(f"{short(value)} is not one of {', '.join(choices)}")
+        return text
+
+    return check
+
+
+#: libpq's options with a type libpq checks at connect (its documentation's values)
+_POSTGRESQL_TYPES: Mapping[str, Callable[[Any], Any]] = {
+    "port": _whole(1, 65535),
+    "keepalives": _flag,
+    "keepalives_idle": _whole(0),
+    "keepalives_interval": _whole(0),
+    "keepalives_count": _whole(0),
+    "tcp_user_timeout": _whole(0),
+    "sslcompression": _flag,
+    "sslsni": _flag,
+    "target_session_attrs": _one_of(
+        "any", "read-write", "read-only", "primary", "standby", "prefer-standby"
+    ),
+    "load_balance_hosts": _one_of("disable", "random"),
+    "gssencmode": _one_of("disable", "prefer", "require"),
+    "channel_binding": _one_of("disable", "prefer", "require"),
+    "sslnegotiation": _one_of("postgres", "direct"),
+    "sslcertmode": _one_of("disable", "allow", "require"),
+}
+#: mysqlclient's connect() arguments that must be whole numbers
+_MYSQL_TYPES: Mapping[str, Callable[[Any], Any]] = {
+    "port": _whole(1, 65535),
+    "read_timeout": _whole(0),
+    "write_timeout": _whole(0),
+    "client_flag": _whole(0),
+    "compress": _flag,
+    "use_unicode": _flag,
+    "autocommit": _flag,
+    "local_infile": _flag,
+    "multi_statements": _flag,
+    "binary_prefix": _flag,
+}
+_TYPES = {"postgresql": _POSTGRESQL_TYPES, "mysql": _MYSQL_TYPES}
+#: vendor -> the driver options whose values are checked
+TYPED_OPTIONS: Mapping[str, frozenset[str]] = {v: frozenset(t) for v, t in _TYPES.items()}
+
+
+def typed_driver_options(names: SettingNames, options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` with the values of typed options checked and normalized (a boolean
+    as 0/1, a number as an int); a value the driver would refuse is an error naming
+    the setting."""
+    types = _TYPES.get(names.vendor, {})
+    out = dict(options)
+    for key, value in options.items():
+        check = types.get(key)
+        if check is None or value is None:
+            continue
+        try:
+            out[key] = check(value)
+        except ValueError as exc:
+            where = " in the URL query" if names.written_in else ""
+            error = InvalidURL if names.written_in else ConfigurationError
+            raise error(
+                names.alias,
+                names.written_in or names.option(key),
+                f"option {key}{where}: {exc}",
+                f"give {key} a value the driver accepts",
+            ) from None
+    return out
 
 
 def check_driver_options(names: SettingNames, options: Mapping[str, Any]) -> None:

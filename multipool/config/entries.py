@@ -22,7 +22,7 @@ from multipool.config.specs import (
     freeze,
     sort_key,
 )
-from multipool.config.values import as_text, parse_conn_max_age, parse_port
+from multipool.config.values import as_text, parse_conn_max_age, parse_host, parse_port
 from multipool.errors import ConfigurationError, InvalidPoolSetting
 from multipool.setting_names import SettingNames, short
 from multipool.tls import TLSSpec, check_tls_support
@@ -213,7 +213,7 @@ def _spec_from_settings(alias: str, entry: Mapping[str, Any]) -> DatabaseSpec:
         name=as_text(alias, names.of("name"), entry.get("NAME")) or "",
         user=as_text(alias, names.of("user"), entry.get("USER")),
         password=as_text(alias, names.of("password"), entry.get("PASSWORD")),
-        host=as_text(alias, names.of("host"), entry.get("HOST")),
+        host=parse_host(alias, names.of("host"), entry.get("HOST"), vendor),
         port=parse_port(alias, names.of("port"), entry.get("PORT")),
         options=split.driver,
         tls=tls,

@@ -21,8 +21,13 @@ from multipool.config.options import SplitOptions, split_options
 from multipool.config.source import Source
 from multipool.config.specs import POOL_OPTION_KEYS, DatabaseSpec, PoolSpec
 from multipool.config.urls import SCHEMES, URLParts, parse_url
-from multipool.config.values import option_value, parse_conn_max_age, parse_pool_value
-from multipool.errors import ConfigurationError
+from multipool.config.values import (
+    option_value,
+    parse_conn_max_age,
+    parse_host,
+    parse_pool_value,
+)
+from multipool.errors import ConfigurationError, InvalidURL
 from multipool.setting_names import SettingNames
 from multipool.tls import (
     MultipoolWarning,
@@ -85,6 +90,7 @@ def _alias_from_env(
     if "host" in query and vendor != "sqlite":  # ?host=/socket/dir
         socket = query.pop("host")
         host = socket[-1] if isinstance(socket, tuple) else socket
+    host = parse_host(alias, url_var, host, vendor, InvalidURL)
     split = split_options(SettingNames(alias, vendor, written_in=url_var), query, env.base_dir)
     driver = {k: option_value(v) for k, v in split.driver.items()}
     if vendor == "postgresql" and not parts.name and not driver.get("service"):

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from multipool.config.driver_options import check_driver_options
+from multipool.config.driver_options import check_driver_options, typed_driver_options
 from multipool.config.specs import POOL_OPTION_KEYS
 from multipool.config.values import parse_pool_value
 from multipool.errors import ConfigurationError, InvalidPoolSetting
@@ -60,6 +60,7 @@ def split_options(
         else:
             driver[key] = value
     check_driver_options(names, driver)
+    driver = typed_driver_options(names, driver)
     tls, tls_names = tls_fields_from_options(
         names.alias, names.vendor, tls_options, settings=names, base_dir=base_dir
     )

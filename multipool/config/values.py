@@ -6,6 +6,7 @@ alike; python-decouple's casts do the text part.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -234,3 +235,44 @@ def as_text(alias: str, setting: str, value: Any) -> str | None:
             alias, setting, f"expected text, got a {type(value).__name__}", "give a string"
         )
     return value
+
+
+_HOST_NAME = re.compile(
+    r"(?=.{1,253}\.?$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62}))*\.?"
+)
+
+
+def parse_host(
+    alias: str,
+    setting: str,
+    value: Any,
+    vendor: str,
+    error: type[ConfigurationError] = ConfigurationError,
+) -> str | None:
+    """A host name, an IP address, or a Unix socket directory (PostgreSQL: a
+    comma-separated list of them); ``None`` when unset. What libpq and mysqlclient
+    would only refuse at the first connect is refused here."""
+    host = as_text(alias, setting, value)
+    if host is None:
+        return None
+    hosts = host.split(",") if vendor == "postgresql" else [host]
+    for one in hosts:
+        if not _is_host(one.strip()):
+            raise error(
+                alias,
+                setting,
+                f"the host {short(one)} is not a host name, an IP address or a socket directory",
+                "use a host name (db.internal), an address (10.0.0.5, [::1]) or the path of "
+                "the server's socket directory",
+            )
+    return host
+
+
+def _is_host(host: str) -> bool:
+    if host.startswith("/"):
+        return "\x00" not in host
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return bool(_HOST_NAME.fullmatch(host))
+    return True
