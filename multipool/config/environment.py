@@ -24,9 +24,11 @@ from multipool.config.urls import SCHEMES, URLParts, parse_url
 from multipool.config.values import (
     option_value,
     parse_conn_max_age,
+    parse_flag,
     parse_host,
     parse_pool_value,
 )
+from multipool.config.variables import stray_variables
 from multipool.errors import ConfigurationError, InvalidURL
 from multipool.setting_names import SettingNames
 from multipool.tls import (
@@ -392,12 +394,27 @@ def databases(
         found = read_all(env, validate=validate, warn=False)
     except ConfigurationError as exc:  # the list of aliases itself
         return {"default": unusable_entry(exc, "sqlite")}
-    return {
+    entries = {
         alias: unusable_entry(spec, _vendor_guess(env, alias))
         if isinstance(spec, ConfigurationError)
         else spec.to_django()
         for alias, spec in found.items()
     }
+    _note_strays(entries, env)
+    return entries
+
+
+def _note_strays(entries: dict[str, dict[str, Any]], env: Source) -> None:
+    """Record the variables that look like multipool's and are not read, for the
+    system checks (W006/W007, or E007/E008 with ``DATABASE_STRICT``)."""
+    try:
+        strict = parse_flag("default", "DATABASE_STRICT", env.get("DATABASE_STRICT") or False)
+    except ConfigurationError:
+        strict = True  # a value that is no boolean: the checks say so, strictly
+    for stray in stray_variables(env.names(), entries):
+        owner = stray.alias if stray.kind == "unknown" else "default"
+        meta = entries[owner].setdefault("MULTIPOOL", {})
+        meta.setdefault("strays", []).append({**stray.as_dict(), "strict": strict})
 
 
 def _vendor_guess(env: Source, alias: str) -> str:

@@ -67,6 +67,18 @@ ENV_KEYS: tuple[EnvKey, ...] = (
         example="legacy,analytics",
     ),
     EnvKey(
+        "STRICT",
+        "strict",
+        "boolean",
+        "`false`",
+        "Report a variable with a multipool prefix that multipool does not know (a "
+        "misspelled name), and one of an alias nobody declared (an `<ALIAS>_DATABASE_URL` "
+        "whose alias is not in `DATABASE_ALIASES` or a `*_DATABASE_REPLICAS`), as errors "
+        "(`multipool.E007`, `E008`) instead of warnings (`W006`, `W007`).",
+        scope="global",
+        example="true",
+    ),
+    EnvKey(
         "REPLICAS",
         "replicas",
         "comma-separated aliases",

@@ -21,6 +21,11 @@ from multipool.errors import ConfigurationError, InvalidPoolSetting
 from multipool.setting_names import short
 
 
+def parse_flag(alias: str, setting: str, value: Any) -> bool:
+    """A boolean setting (``true``/``false``, ``yes``/``no``, ``on``/``off``, ``1``/``0``)."""
+    return _as_bool(alias, setting, value)
+
+
 def _as_bool(alias: str, setting: str, value: Any) -> bool:
     if isinstance(value, bool):
         return value
