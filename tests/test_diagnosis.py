@@ -393,3 +393,21 @@ def test_a_failing_explanation_leaves_the_drivers_error(
         said = Exception(PG_PREFIX + "SSL error: certificate verify failed")
         assert diagnosis.explain_connect_error(spec, said) is None
     assert "cannot explain a connect error of 'main'" in caplog.text
+
+
+def test_a_storm_of_failing_connects_costs_one_second_look(
+    tmp_path: Path, root: CertificateAuthority, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every thread and every retry fails the same way: the certificate is fetched
+    once per LOOK_AGAIN_AFTER seconds for an alias's settings and server."""
+    cert, key = issue_cert(root, "wrong.example", hosts=["wrong.example"])
+    with fake_server("postgresql", Served(tmp_path, [cert], key)) as port:
+        spec = spec_for("postgresql", port, tmp_path / "root.crt")
+        first = certificate_diagnosis.certificate_error(spec, "127.0.0.1", port, "one")
+    # the server is gone: the look is reused, with the driver's words of this time
+    again = certificate_diagnosis.certificate_error(spec, "127.0.0.1", port, "two")
+    assert again.problem == first.problem.replace("(one)", "(two)")
+    assert "is for 'wrong.example'" in again.problem
+    monkeypatch.setattr(certificate_diagnosis, "LOOK_AGAIN_AFTER", 0.0)  # the period is over
+    late = certificate_diagnosis.certificate_error(spec, "127.0.0.1", port, "three")
+    assert "fetching it again to compare failed" in late.problem

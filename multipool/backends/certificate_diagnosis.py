@@ -11,6 +11,8 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+import threading
+import time
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from multipool.backends.server_certificate import FetchError, chain_error, fetch_certificate
@@ -27,6 +29,12 @@ __all__ = ["certificate_error", "certificate_names", "names_host"]
 _DATES_ONLY = (9, 10)  # certificate not yet valid, certificate has expired
 #: how many CA names a message lists
 _SHOWN = 3
+#: seconds a second look at a server's certificate is reused (see :func:`_second_look`)
+LOOK_AGAIN_AFTER = 30.0
+#: (spec, host, port) -> (when it was looked at, what was found); one lock per key
+_looks: dict[tuple[DatabaseSpec, str, int], tuple[float, list[Finding] | str]] = {}
+_look_locks: dict[tuple[DatabaseSpec, str, int], threading.Lock] = {}
+_looks_lock = threading.Lock()
 
 _RENEW = {
     "postgresql": "renew the server's certificate (ssl_cert_file, then SELECT pg_reload_conf())",
@@ -223,25 +231,49 @@ def _unexplained(spec: DatabaseSpec, where: str, said: str, reason: str) -> Serv
     )
 
 
+def _look(spec: DatabaseSpec, host: str, port: int, now: dt.datetime) -> list[Finding] | str:
+    """What the certificate ``host:port`` presents has against the settings, or why
+    nothing was found (a reason, for the message)."""
+    from cryptography import x509
+
+    try:
+        der = fetch_certificate(spec.vendor, host, port, spec.pool.connect_timeout)
+    except (OSError, FetchError) as exc:
+        return f"fetching it again to compare failed ({str(exc) or type(exc).__name__})"
+    cert = x509.load_der_x509_certificate(der)
+    findings = _issuer(spec, cert, host, port) + _dates(spec, cert, now) + _host(spec, cert, host)
+    return findings or "its issuer, names and dates fit the settings"
+
+
+def _second_look(
+    spec: DatabaseSpec, host: str, port: int, now: dt.datetime | None
+) -> list[Finding] | str:
+    """:func:`_look`, at most once per :data:`LOOK_AGAIN_AFTER` seconds for an alias's
+    settings and server: a storm of failing connects (every thread, every retry) costs
+    the server one more handshake per period, not one per connect. Threads that fail
+    meanwhile wait for the look under way and share it; other aliases do not wait."""
+    key = (spec, host, port)
+    with _looks_lock:
+        lock = _look_locks.setdefault(key, threading.Lock())
+    with lock:
+        cached = _looks.get(key)
+        if now is None and cached is not None and time.monotonic() - cached[0] < LOOK_AGAIN_AFTER:
+            return cached[1]
+        found = _look(spec, host, port, now or dt.datetime.now(dt.timezone.utc))
+        _looks[key] = (time.monotonic(), found)
+        return found
+
+
 def certificate_error(
     spec: DatabaseSpec, host: str, port: int, said: str, *, now: dt.datetime | None = None
 ) -> ServerCertificateError:
     """The error for a server certificate the driver refused; ``said`` is the
     driver's message. Fetches the certificate from ``host:port`` again to compare
-    it with the settings."""
-    from cryptography import x509
-
+    it with the settings (at ``now``, default: the current time)."""
     where = f"{host}:{port}"
-    try:
-        der = fetch_certificate(spec.vendor, host, port, spec.pool.connect_timeout)
-    except (OSError, FetchError) as exc:
-        reason = str(exc) or type(exc).__name__
-        return _unexplained(spec, where, said, f"fetching it again to compare failed ({reason})")
-    cert = x509.load_der_x509_certificate(der)
-    when = now or dt.datetime.now(dt.timezone.utc)
-    findings = _issuer(spec, cert, host, port) + _dates(spec, cert, when) + _host(spec, cert, host)
-    if not findings:
-        return _unexplained(spec, where, said, "its issuer, names and dates fit the settings")
+    findings = _second_look(spec, host, port, now)
+    if isinstance(findings, str):
+        return _unexplained(spec, where, said, findings)
     problems = [f"the certificate of {where} {findings[0].problem}"]
     problems += [f"it {f.problem}" for f in findings[1:]]
     return ServerCertificateError(
