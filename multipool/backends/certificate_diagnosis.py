@@ -147,18 +147,21 @@ def _verifying_setting(spec: DatabaseSpec) -> str:
 
 def _issuer(spec: DatabaseSpec, cert: Any, host: str, port: int) -> list[Finding]:
     """The certificate does not chain up to a CA of the settings."""
+    if spec.tls.ca is None and spec.tls.capath is None:
+        return []  # no CA in the settings to compare with
     cafile, capath = _ca_locations(spec)
     cas = _load_cas(cafile, capath)
     if any(_signed_by(cert, ca) for ca in cas):
         return []
     # Not signed by one of them directly: maybe through an intermediate CA the
-    # server sends along. OpenSSL decides, as it does for the driver.
+    # server sends along. OpenSSL decides, as it does for the driver; if it
+    # cannot be asked, the certificate's own issuer is all there is to report.
     try:
         verdict = chain_error(
             spec.vendor, host, port, spec.pool.connect_timeout, cafile=cafile, capath=capath
         )
     except (OSError, FetchError):
-        verdict = (0, "not checked")
+        verdict = (0, "")
     if verdict is None or verdict[0] in _DATES_ONLY:
         return []
     setting = spec.setting("tls_ca" if spec.tls.capath is None else "tls_capath")
