@@ -16,6 +16,7 @@ Every check has a stable id (see ``docs/checks.md``)::
     multipool.W005  PrimaryReplicaRouter configured but no alias has replicas
     multipool.W101  (deploy) weak TLS mode on a network database
     multipool.W102  (deploy) password written in settings instead of the environment
+    multipool.W103  (deploy) MySQL: a CA is set, but the host name is not verified
 
 The checks reuse :func:`multipool.config.spec_from_settings` and
 :func:`multipool.tls.validate_tls`; the error classes of :mod:`multipool.errors`
@@ -35,6 +36,7 @@ from typing import Any
 
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 
+from multipool.backends.verification import chain_verified, host_name_verified
 from multipool.config import DatabaseSpec, spec_from_settings
 from multipool.errors import (
     CertificateDateError,
@@ -75,9 +77,9 @@ CHECK_IDS: Mapping[str, str] = {
     "multipool.W005": "PrimaryReplicaRouter without replicas",
     "multipool.W101": "weak TLS mode (deploy)",
     "multipool.W102": "password written in settings (deploy)",
+    "multipool.W103": "MySQL CA without host name verification (deploy)",
 }
 
-_WEAK_MODES = (None, "disable", "allow", "prefer", "require")
 _ENV_NAME_RE = re.compile(r"[A-Z_][A-Z0-9_]*")
 
 
@@ -304,12 +306,46 @@ def _router_warnings(databases: Mapping[str, Any], routers: Sequence[Any]) -> li
     ]
 
 
-def _verifies(spec: DatabaseSpec) -> bool:
-    tls = spec.tls
-    if tls.verifies:
-        return True
-    # libpq: "require" with a root CA behaves like verify-ca.
-    return spec.vendor == "postgresql" and tls.mode == "require" and tls.ca is not None
+def _weak_tls_warnings(alias: str, spec: DatabaseSpec) -> list[CheckMessage]:
+    """W101: the server's certificate is not verified. W103 (MySQL): it is verified
+    against the CA, but its host name is not."""
+    mode_setting = spec.setting("tls_mode")
+    if not chain_verified(spec):
+        mode = spec.tls.mode or (
+            "require (ssl_mode=REQUIRED, as TLS settings are given)"
+            if spec.tls.requires_encryption(spec.vendor)
+            else "driver default (prefer)"
+        )
+        return [
+            Warning(
+                f"TLS mode is {mode} ({mode_setting}): the server's "
+                "certificate is not verified, so a man in the middle can read the "
+                "traffic and the password",
+                hint=f"set {mode_setting} to verify-full and "
+                f"{spec.setting('tls_ca')} to the server's CA bundle (or 'system')",
+                obj=_obj(alias),
+                id="multipool.W101",
+            )
+        ]
+    if spec.vendor != "mysql" or host_name_verified(spec):
+        return []
+    ca_setting = spec.setting("tls_ca" if spec.tls.ca is not None else "tls_capath")
+    mode = (
+        "is not set (multipool connects with ssl_mode=REQUIRED)"
+        if spec.tls.mode is None
+        else f"is {spec.tls.mode}"
+    )
+    return [
+        Warning(
+            f"{ca_setting} is set but {mode_setting} {mode}: the server's certificate is "
+            "checked against that CA, but its host name is not, so any server with a "
+            "certificate from that CA can pose as this one",
+            hint=f"set {mode_setting} to verify-full (VERIFY_IDENTITY); the host in "
+            f"{spec.setting('host')} must then be one of the certificate's names",
+            obj=_obj(alias),
+            id="multipool.W103",
+        )
+    ]
 
 
 def _password_from_environment(spec: DatabaseSpec) -> bool:
@@ -323,26 +359,16 @@ def _password_from_environment(spec: DatabaseSpec) -> bool:
 def check_deployment(
     databases: Mapping[str, Any], *, aliases: Iterable[str] | None = None
 ) -> list[CheckMessage]:
-    """The deploy checks of a ``DATABASES`` dict: W101 (weak TLS), W102 (password in settings)."""
+    """The deploy checks of a ``DATABASES`` dict: W101 (weak TLS), W102 (password in
+    settings), W103 (MySQL: host name not verified)."""
     messages: list[CheckMessage] = []
     specs, _ = _specs(databases, only_multipool=False)
     for alias, spec in specs.items():
         if spec.vendor == "sqlite":
             continue
         socket = spec.host is not None and spec.host.startswith("/")
-        if not socket and not _verifies(spec):
-            mode = spec.tls.mode or "driver default (prefer)"
-            messages.append(
-                Warning(
-                    f"TLS mode is {mode} ({spec.setting('tls_mode')}): the server's "
-                    "certificate is not verified, so a man in the middle can read the "
-                    "traffic and the password",
-                    hint=f"set {spec.setting('tls_mode')} to verify-full and "
-                    f"{spec.setting('tls_ca')} to the server's CA bundle (or 'system')",
-                    obj=_obj(alias),
-                    id="multipool.W101",
-                )
-            )
+        if not socket:
+            messages += _weak_tls_warnings(alias, spec)
         if spec.password and not _password_from_environment(spec):
             prefix = "DATABASE_" if alias == "default" else f"{alias.upper()}_DATABASE_"
             messages.append(

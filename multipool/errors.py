@@ -11,16 +11,20 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db.utils import OperationalError
 
 __all__ = [
+    "AuthenticationFailed",
     "CertificateDateError",
     "CertificateError",
     "ConfigurationError",
     "ConnectError",
+    "ConnectTimeout",
     "EncryptionRequired",
     "InvalidPoolSetting",
     "InvalidTLSSetting",
     "InvalidURL",
     "MultipoolError",
     "PoolTimeout",
+    "ServerCertificateError",
+    "ServerUnreachable",
     "TLSFileError",
     "UnknownScheme",
 ]
@@ -98,6 +102,27 @@ class EncryptionRequired(ConnectError):
     Raised instead of lending a plain-text connection, whatever the client
     library would have allowed (see ``docs/tls.md``).
     """
+
+
+class ServerCertificateError(ConnectError):
+    """The driver refused the server's TLS certificate: not issued by a CA of the
+    settings, not for the host connected to, or not valid now. The message says
+    which, from a second look at the certificate (see ``docs/troubleshooting.md``).
+    """
+
+
+class ServerUnreachable(ConnectError):
+    """No connection to the server's host and port: refused, or the host name
+    does not resolve."""
+
+
+class ConnectTimeout(ServerUnreachable):
+    """The server did not answer within the connect timeout."""
+
+
+class AuthenticationFailed(ConnectError):
+    """The server refused the login: a wrong password, an unknown user, or an
+    account that must connect over TLS. The message never contains the password."""
 
 
 class PoolTimeout(MultipoolError, OperationalError):

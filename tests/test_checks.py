@@ -340,7 +340,6 @@ def test_replica_of_unknown_alias_is_e006() -> None:
         # libpq: require with a root CA verifies the chain, like verify-ca
         ("postgresql", {"sslmode": "require", "sslrootcert": "system"}, False),
         ("mysql", {"ssl_mode": "REQUIRED"}, True),
-        ("mysql", {"ssl_mode": "REQUIRED", "ssl": {"ca": "/etc/ssl/ca.pem"}}, True),
         ("mysql", {"ssl_mode": "VERIFY_IDENTITY", "ssl": {"ca": "/etc/ssl/ca.pem"}}, False),
         ("sqlite", {}, False),
     ],
@@ -350,6 +349,69 @@ def test_weak_tls_is_w101_on_deploy(vendor: str, options: dict[str, Any], weak: 
     assert ids(messages) == (["multipool.W101"] if weak else [])
     if weak:
         assert "verify-full" in messages[0].hint
+
+
+@pytest.mark.parametrize(
+    ("options", "mode"),
+    [
+        # the issue's hand-written dict: multipool connects with ssl_mode=REQUIRED
+        ({"ssl": {"ca": "/etc/ssl/ca.pem", "cert": "/etc/ssl/c.pem", "key": "/etc/ssl/c.key"}},
+         "is not set (multipool connects with ssl_mode=REQUIRED)"),
+        ({"ssl_mode": "REQUIRED", "ssl": {"ca": "/etc/ssl/ca.pem"}}, "is require"),
+        ({"ssl_mode": "REQUIRED", "ssl": {"ca": "system"}}, "is require"),
+    ],
+)
+def test_mysql_ca_without_host_name_check_is_w103(options: dict[str, Any], mode: str) -> None:
+    """MariaDB Connector/C checks the chain against a given CA in any mode, but the
+    host name only under VERIFY_CA / VERIFY_IDENTITY: not W101 (the certificate is
+    verified), W103 (its host name is not)."""
+    msg = only(check_deployment({"default": entry("mysql", **options)}), "multipool.W103")
+    assert msg.msg == (
+        f"DATABASES['default']['OPTIONS']['ssl']['ca'] is set but "
+        f"DATABASES['default']['OPTIONS']['ssl_mode'] {mode}: the server's certificate is "
+        "checked against that CA, but its host name is not, so any server with a "
+        "certificate from that CA can pose as this one"
+    )
+    assert msg.hint == (
+        "set DATABASES['default']['OPTIONS']['ssl_mode'] to verify-full (VERIFY_IDENTITY); "
+        "the host in DATABASES['default']['HOST'] must then be one of the certificate's names"
+    )
+    assert msg.obj == "database alias 'default'"
+
+
+def test_w103_names_the_environment_variables() -> None:
+    dbs = env_databases(
+        source={"DATABASE_URL": "mysql://app@db.internal/app", "DATABASE_SSLROOTCERT": "system"},
+        validate=False,
+    )
+    msg = only(check_deployment(dbs), "multipool.W103")
+    assert msg.msg.startswith(
+        "DATABASE_SSLROOTCERT is set but DATABASE_SSLMODE is not set (multipool connects"
+    )
+    assert msg.hint.startswith("set DATABASE_SSLMODE to verify-full (VERIFY_IDENTITY); "
+                               "the host in DATABASE_URL")
+
+
+def test_what_is_verified_follows_the_mysql_client_library(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Connector/C (what Debian's packages build mysqlclient against) checks the host
+    name under VERIFY_CA; MySQL's own libmysqlclient does not, and verifies nothing
+    under REQUIRED."""
+    from multipool.backends import verification
+
+    verify_ca = entry("mysql", ssl_mode="VERIFY_CA", ssl={"ca": "/etc/ssl/ca.pem"})
+    required = entry("mysql", ssl={"ca": "/etc/ssl/ca.pem"})
+    monkeypatch.setattr(verification, "mysql_client_is_connector_c", lambda: True)
+    assert check_deployment({"default": verify_ca}) == []
+    assert ids(check_deployment({"default": required})) == ["multipool.W103"]
+    monkeypatch.setattr(verification, "mysql_client_is_connector_c", lambda: False)
+    assert ids(check_deployment({"default": verify_ca})) == ["multipool.W103"]
+    msg = only(check_deployment({"default": required}), "multipool.W101")
+    assert msg.msg.startswith(
+        "TLS mode is require (ssl_mode=REQUIRED, as TLS settings are given) "
+        "(DATABASES['default']['OPTIONS']['ssl_mode']): the server's certificate is not verified"
+    )
 
 
 def test_unix_socket_is_not_weak_tls() -> None:
@@ -492,3 +554,19 @@ def test_the_error_examples_of_checks_md_are_what_the_checks_say(tmp_path: Path)
         message = only(check_databases(env_databases(source=env, validate=False)), check_id)
         row = next(line for line in page.splitlines() if line.startswith(f"| `{check_id}`"))
         assert f"`{message.msg}`" in row, (check_id, message.msg)
+
+
+def test_the_tls_deploy_examples_of_checks_md_are_what_the_checks_say() -> None:
+    """W101 and W103 in docs/checks.md: the real message, and the real hint for W103."""
+    weak = {"DATABASE_URL": "postgresql://app@db.internal/app", "DATABASE_SSLMODE": "require"}
+    hand_written = {"default": {**entry("mysql", ssl={"ca": "/etc/db/ca.crt"}), "USER": "app"}}
+    cases = {
+        "multipool.W101": check_deployment(env_databases(source=weak, validate=False)),
+        "multipool.W103": check_deployment(hand_written),
+    }
+    page = (ROOT / "docs" / "checks.md").read_text()
+    for check_id, messages in cases.items():
+        message = only(messages, check_id)
+        row = next(line for line in page.splitlines() if line.startswith(f"| `{check_id}`"))
+        assert f"`{message.msg}`" in row, (check_id, message.msg)
+    assert f"`{cases['multipool.W103'][0].hint}`" in page

@@ -347,12 +347,16 @@ def test_check_connect_reports_server_version_tls_and_rtt(
     line = next(x for x in out.splitlines() if x.startswith("default "))
     assert " ok " in line
     assert "TLSv1." in line
+    assert " verified " in line  # verify-full: the driver checked the host name
     assert " ms" in line
+    assert "HOST NAME" in out
 
     code, out, err = cli("check", "--connect", "--json", DATABASE_URL=server.url("app"))
     assert code == EXIT_OK
     (probe,) = json.loads(out)["connections"]
     assert probe["ok"] is True
+    assert probe["host_name_verified"] is True
+    assert "note" not in probe
     assert probe["tls_protocol"] in ("TLSv1.2", "TLSv1.3")
     assert probe["tls_cipher"]
     assert probe["rtt_seconds"] > 0
@@ -370,9 +374,44 @@ def test_check_connect_without_tls_says_so(
     (probe,) = json.loads(out)["connections"]
     assert probe["ok"] is True
     assert probe["tls_protocol"] is None
+    assert probe["host_name_verified"] is None
     code, out, _ = cli("check", "--connect", DATABASE_URL=url)
     line = next(x for x in out.splitlines() if x.startswith("default "))
     assert " none " in line
+    assert "verified" not in line
+
+
+def test_check_connect_says_when_the_host_name_was_not_verified(
+    cli: Callable[..., Result], server: Any
+) -> None:
+    """A CA without a mode that checks host names: TLS, the chain verified, the host
+    name not. The note says whether the certificate would pass verify-full."""
+    from tests.test_servers import serving_cert, wrong_host_cert
+
+    bare = server.url("app").split("?")[0]
+    env = {"DATABASE_URL": bare, "DATABASE_SSLROOTCERT": str(server.certs.ca_cert)}
+    if server.engine == "postgresql":
+        env["DATABASE_SSLMODE"] = "require"  # libpq: with a root CA, like verify-ca
+    mode = "require" if server.engine == "postgresql" else "not set (REQUIRED)"
+    expected = (
+        f"default: the host name was not verified (DATABASE_SSLMODE is {mode}); "
+        f"the server's certificate names {server.host!r}, as verify-full requires"
+    )
+    code, out, err = cli("check", "--connect", **env)
+    assert code == EXIT_OK, out + err
+    line = next(x for x in out.splitlines() if x.startswith("default "))
+    assert " not verified " in line
+    assert expected in out.splitlines()
+    with serving_cert(server, *wrong_host_cert(server)):
+        code, out, err = cli("check", "--connect", "--json", **env)
+    assert code == EXIT_OK, out + err
+    (probe,) = json.loads(out)["connections"]
+    assert probe["host_name_verified"] is False
+    assert probe["note"].endswith(
+        f"the server's certificate is for 'wrong.example', not {server.host!r}: "
+        "verify-full would refuse it"
+    )
+    assert_no_secrets(out + err, password_of(server))
 
 
 @pytest.mark.parametrize("failure", ["wrong password", "unreachable port"])
@@ -385,7 +424,13 @@ def test_failed_connect_exit_1_and_nothing_secret(
     output = result.stdout + result.stderr
     assert result.returncode == EXIT_PROBLEMS, output
     assert "FAILED" in result.stdout
-    assert "connect failed" in result.stderr
+    explained = (
+        "AuthenticationFailed: database alias 'default', setting DATABASE_URL: the server "
+        "refused the" if failure == "wrong password" else
+        "ServerUnreachable: database alias 'default', setting DATABASE_URL: nothing accepts "
+        f"connections at {server.host}:"
+    )
+    assert f"default: connect failed: {explained}" in result.stderr
     assert_no_secrets(output, WRONG_PASSWORD, password_of(server))
 
     code, out, err = cli("budget", "--workers", "2", "--hosts", "1", "--connect", DATABASE_URL=url)

@@ -7,6 +7,7 @@ import datetime as dt
 import importlib.util
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -227,6 +228,82 @@ def _encryption_required(server: Any) -> errors.MultipoolError:
     raise AssertionError("a plain-text connection was lent although TLS was required")
 
 
+def _connect_error(alias: str, env: dict[str, str]) -> errors.MultipoolError:
+    """The ConnectError of ``alias`` configured from ``env`` (without the prefix)."""
+    from multipool.config import databases
+    from tests.conftest import registered_alias
+
+    prefix = f"{alias.upper()}_DATABASE_"
+    source = {"DATABASE_ALIASES": alias, **{prefix + k: v for k, v in env.items()}}
+    entry = databases(source=source)[alias]
+    with registered_alias(alias, entry) as conn:
+        try:
+            conn.ensure_connection()
+        except errors.ConnectError as exc:
+            return exc
+    raise AssertionError(f"{alias} connected with {env}")
+
+
+def _url(server: Any, *, port: int | None = None, password: str | None = None) -> str:
+    """The server's URL for user ``app``, without TLS options (they are set apart)."""
+    from urllib.parse import quote
+
+    scheme = "postgresql" if server.engine == "postgresql" else "mysql"
+    secret = quote(password or server.users["app"].password, safe="")
+    return f"{scheme}://app:{secret}@{server.host}:{port or server.port}/{server.database}"
+
+
+#: the test servers' ports appear as the default ones
+DEFAULT_PORTS = {"postgresql": "5432", "mysql": "3306"}
+
+
+def connect_examples(pg: Any, my: Any, tmp: Path) -> list[tuple[str, str]]:
+    """``(what was set, error)`` of the connect-time examples, against the test servers
+    (their certificates swapped for a while). Ports appear as 5432 and 3306."""
+    from multipool.certs import load_ca
+    from multipool.testing.servers import free_port
+    from tests.test_servers import serving_cert
+
+    corp = make_ca("Example Corp CA")
+    write_cert(tmp / "corp-ca.crt", corp.cert)
+    start = dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)
+    pg_ca, my_ca = (load_ca(s.certs.ca_cert, s.certs.ca_key) for s in (pg, my))
+    names = ["localhost", pg.host]
+    verify = {"SSLMODE": "verify-full", "SSLROOTCERT": str(pg.certs.ca_cert)}
+    found: list[tuple[str, Any, Any]] = []
+    with serving_cert(pg, *issue_cert(make_ca("Example Database CA"), "localhost", hosts=names)):
+        found.append(("ORDERS_DATABASE_SSLROOTCERT = a CA that did not issue the server's "
+                      "certificate", pg, _connect_error("orders", {
+                          "URL": _url(pg), **verify, "SSLROOTCERT": str(tmp / "corp-ca.crt")})))
+    old = issue_cert(pg_ca, "localhost", hosts=names, not_before=start,
+                     not_after=start + dt.timedelta(days=30))
+    with serving_cert(pg, *old):
+        found.append(("ORDERS_DATABASE_SSLMODE=verify-full, the server's certificate expired", pg,
+                      _connect_error("orders", {"URL": _url(pg), **verify})))
+    with serving_cert(my, *issue_cert(my_ca, "db.internal", hosts=["db.internal"])):
+        found.append((f"LEGACY_DATABASE_URL=mysql://...@{my.host}:3306/..., the server's "
+                      "certificate is for db.internal", my, _connect_error("legacy", {
+                          "URL": _url(my), "SSLMODE": "verify-full",
+                          "SSLROOTCERT": str(my.certs.ca_cert)})))
+    closed = free_port(pg.host)
+    found.append((f"ORDERS_DATABASE_URL=postgresql://...@{pg.host}:5432/..., no server on that "
+                  "port", closed, _connect_error("orders", {"URL": _url(pg, port=closed)})))
+    with socket.create_server((pg.host, 0)) as silent:
+        port = silent.getsockname()[1]
+        found.append(("ORDERS_DATABASE_CONNECT_TIMEOUT=1, a host that never answers", port,
+                      _connect_error("orders", {"URL": _url(pg, port=port),
+                                                "CONNECT_TIMEOUT": "1"})))
+    found.append(("ORDERS_DATABASE_URL with a wrong password", pg, _connect_error(
+        "orders", {"URL": _url(pg, password="wrong-password"), **verify})))
+    out = []
+    for label, where, exc in found:
+        port = str(where if isinstance(where, int) else where.port)
+        engine = "mysql" if where is my else "postgresql"
+        text = f"{type(exc).__name__}: {exc}".replace(f":{port} ", f":{DEFAULT_PORTS[engine]} ")
+        out.append((label, text.replace(str(tmp), EXAMPLE_DIR)))
+    return out
+
+
 def error_examples(tmp: Path) -> list[tuple[str, str]]:
     """``(what was set, error)`` of the examples in ``docs/troubleshooting.md``.
 
@@ -304,14 +381,26 @@ def error_examples(tmp: Path) -> list[tuple[str, str]]:
     return out
 
 
+def server_examples(pg: Any, my: Any, my_without_tls: Any, tmp: Path) -> list[tuple[str, str]]:
+    """The examples that need the test servers."""
+    return [
+        ("LEGACY_DATABASE_SSLMODE=require, the MariaDB server has TLS disabled",
+         f"EncryptionRequired: {_encryption_required(my_without_tls)}"),
+        *connect_examples(pg, my, tmp),
+    ]
+
+
 @pytest.fixture(scope="module")
 def examples(
-    tmp_path_factory: pytest.TempPathFactory, mysql_server_without_tls: Any
+    tmp_path_factory: pytest.TempPathFactory,
+    postgres_server: Any,
+    mysql_server: Any,
+    mysql_server_without_tls: Any,
 ) -> list[tuple[str, str]]:
     found = error_examples(tmp_path_factory.mktemp("tls"))
-    found.append(("LEGACY_DATABASE_SSLMODE=require, the MariaDB server has TLS disabled",
-                  f"EncryptionRequired: {_encryption_required(mysql_server_without_tls)}"))
-    return found
+    return found + server_examples(
+        postgres_server, mysql_server, mysql_server_without_tls, tmp_path_factory.mktemp("conn")
+    )
 
 
 def test_troubleshooting_covers_every_error_class(examples: list[tuple[str, str]]) -> None:
@@ -332,8 +421,21 @@ def test_troubleshooting_examples_are_current(examples: list[tuple[str, str]]) -
     )
 
 
-if __name__ == "__main__":  # print the examples (to update docs/troubleshooting.md)
+def test_every_message_shown_is_produced(examples: list[tuple[str, str]]) -> None:
+    """The converse: each error message the page shows is one the examples produce
+    (also those marked for tests/test_docs_examples.py to skip: they need the servers)."""
+    blocks = re.findall(r"^```text\n(.*?)\n```", TROUBLESHOOTING.read_text(), re.S | re.M)
+    shown = [b.strip() for b in blocks if b.split(":")[0] in errors.__all__]
+    produced = {message for _, message in examples}
+    unknown = [message for message in shown if message not in produced]
+    assert not unknown, f"messages no example produces: {unknown}"
+
+
+if __name__ == "__main__":  # print the examples (to update docs/troubleshooting.md);
+    # --servers: also those that need the test servers (started here, local binaries)
     import tempfile
+
+    sys.path.insert(0, str(ROOT))
 
     import django
     from django.conf import settings
@@ -346,6 +448,16 @@ if __name__ == "__main__":  # print the examples (to update docs/troubleshooting
         INSTALLED_APPS=["multipool"], USE_TZ=True,
     )
     django.setup()
+    from multipool.testing import mysql, start
+
     with tempfile.TemporaryDirectory() as directory:
-        for label, message in error_examples(Path(directory)):
+        found = error_examples(Path(directory))
+        if "--servers" in sys.argv:  # start the test servers for the connect examples
+            servers = [start.start_postgres(), start.start_mysql(), mysql.start_local(tls=False)]
+            try:
+                found += server_examples(*servers, Path(directory))
+            finally:
+                for server in servers:
+                    server.close()
+        for label, message in found:
             print(f"{label}\n    {message}\n")

@@ -15,6 +15,8 @@ from multipool.cli.sources import Source, ensure_settings, load_source, select_a
 #: Django's check message levels (``--fail-level``)
 _LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
 _LEVEL_NAMES = {number: name for name, number in _LEVELS.items()}
+#: the HOST NAME column: whether the driver checked the certificate's names
+_HOST_NAME: dict[Any, str] = {True: "verified", False: "not verified"}
 
 
 def _message_dict(message: Any) -> dict[str, Any]:
@@ -104,12 +106,14 @@ def _print_probes(probes: list[dict[str, Any]]) -> None:
                 p.get("server"),
                 tls,
                 p.get("tls_cipher"),
+                _HOST_NAME.get(p.get("host_name_verified")) if p.get("tls_protocol") else None,
                 ms(p.get("connect_seconds")),
                 ms(p.get("rtt_seconds")),
             ]
         )
     print()
-    print(render_table(["ALIAS", "STATUS", "SERVER", "TLS", "CIPHER", "CONNECT", "RTT"], rows))
+    headers = ["ALIAS", "STATUS", "SERVER", "TLS", "CIPHER", "HOST NAME", "CONNECT", "RTT"]
+    print(render_table(headers, rows))
     for p in probes:
         if p.get("note"):
             print(f"{p['alias']}: {p['note']}")

@@ -10,10 +10,14 @@ import os
 import statistics
 import time
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from multipool.cli.output import error_text
+from multipool.cli.output import error_text, one_line
 from multipool.cli.sources import ensure_settings, is_multipool, vendor_label, vendor_of
+from multipool.errors import ConfigurationError, MultipoolError
+
+if TYPE_CHECKING:
+    from multipool.config import DatabaseSpec
 
 
 @contextlib.contextmanager
@@ -85,6 +89,52 @@ def _server_tls(conn: Any) -> tuple[str | None, str | None]:
     return None, None
 
 
+def _certificate_fit(spec: DatabaseSpec, timeout: float) -> str:
+    """Whether the server's certificate names the host this alias connects to."""
+    from cryptography import x509
+
+    from multipool.backends.certificate_diagnosis import certificate_names, names_host
+    from multipool.backends.diagnosis import server_address
+    from multipool.backends.server_certificate import FetchError, fetch_certificate
+
+    host, port = server_address(spec)
+    try:
+        cert = x509.load_der_x509_certificate(fetch_certificate(spec.vendor, host, port, timeout))
+    except (OSError, FetchError) as exc:
+        return f"the server's certificate could not be fetched to compare ({exc})"
+    if names_host(cert, host):
+        return f"the server's certificate names {host!r}, as verify-full requires"
+    names = ", ".join(repr(n) for n in certificate_names(cert)) or "no host name"
+    return f"the server's certificate is for {names}, not {host!r}: verify-full would refuse it"
+
+
+def host_name_check(
+    alias: str, entry: Mapping[str, Any], *, encrypted: bool, timeout: float
+) -> dict[str, Any]:
+    """``host_name_verified`` (``None`` without TLS) of a connected alias and, when
+    the driver did not verify the host name, a ``note`` saying whether it would pass."""
+    from multipool.backends.verification import chain_verified, host_name_verified
+    from multipool.config import spec_from_settings
+
+    if not encrypted:
+        return {"host_name_verified": None}
+    try:
+        spec = spec_from_settings(alias, entry)
+    except ConfigurationError:
+        return {"host_name_verified": None}
+    if host_name_verified(spec):
+        return {"host_name_verified": True}
+    what = "the host name" if chain_verified(spec) else "the server's certificate"
+    mode = spec.tls.mode or (
+        "not set (REQUIRED)" if spec.tls.requires_encryption(spec.vendor) else "not set"
+    )
+    note = (
+        f"{what} was not verified ({spec.setting('tls_mode')} is {mode}); "
+        f"{_certificate_fit(spec, timeout)}"
+    )
+    return {"host_name_verified": False, "note": note}
+
+
 def probe(alias: str, entry: Mapping[str, Any], *, timeout: float = 10.0) -> dict[str, Any]:
     """Connect once (no pool) and report server version, TLS and round-trip time."""
     result: dict[str, Any] = {"alias": alias, "vendor": vendor_label(entry), "ok": False}
@@ -103,6 +153,7 @@ def probe(alias: str, entry: Mapping[str, Any], *, timeout: float = 10.0) -> dic
             protocol, cipher = _server_tls(conn)
             result["tls_protocol"] = protocol
             result["tls_cipher"] = cipher
+            result.update(host_name_check(alias, entry, encrypted=bool(protocol), timeout=timeout))
             samples = []
             for _ in range(5):
                 started = time.perf_counter()
@@ -110,6 +161,9 @@ def probe(alias: str, entry: Mapping[str, Any], *, timeout: float = 10.0) -> dic
                 samples.append(time.perf_counter() - started)
             result["rtt_seconds"] = statistics.median(samples)
             result["ok"] = True
+    except MultipoolError as exc:
+        # multipool's messages name the setting and end with the fix: keep them whole
+        result["error"] = one_line(f"{type(exc).__name__}: {exc}", limit=2000)
     except Exception as exc:
         result["error"] = error_text(exc)
     return result
