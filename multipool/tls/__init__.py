@@ -10,8 +10,8 @@ Inputs come in three dialects, all accepted for every server type:
 * environment variables (see :mod:`multipool.config`), parsed field by field
   with :func:`normalize_tls_field`.
 
-File values may be paths or PEM text (``-----BEGIN ...``), written once to a
-private file. :func:`validate_tls` checks the files at startup and returns
+File values may be paths or PEM text (``-----BEGIN ...``), kept once in a
+private file (in memory on Linux). :func:`validate_tls` checks the files at startup and returns
 warnings. Nothing here ever puts a key passphrase or PEM text in a repr, a log
 line or an exception message.
 
