@@ -27,7 +27,7 @@ from multipool.forking import in_child_after_fork
 from multipool.tls.pem_files import write_pem_file
 
 #: False writes PEM text to temporary files even where in-memory files exist
-#: (for tests of that path, and for systems where ``/proc`` is hidden)
+#: (tests use it to run that path on Linux)
 use_memfd: bool = hasattr(os, "memfd_create")
 
 _lock = threading.Lock()

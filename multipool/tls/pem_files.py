@@ -3,8 +3,8 @@
 Each text is written once, mode 0600, into a private 0700 directory
 (``multipool-tls-*`` under the temporary directory) and named by a digest of
 the content. The process that made the directory removes it when it exits
-(``atexit``), and on SIGTERM or SIGINT when the signal is about to end the
-process (see :func:`_on_signal`). Nothing can run on SIGKILL: after it, the
+(``atexit``), and on SIGTERM or SIGINT where nothing handles them (see
+:func:`_install_signal_cleanup`). Nothing can run on SIGKILL: after it, the
 directory stays until something else removes it.
 
 The caller (:func:`multipool.tls.pem.write_pem`) holds its lock around
@@ -20,7 +20,6 @@ import signal
 import tempfile
 import threading
 from types import FrameType
-from typing import Any
 
 #: the signals that remove the directory before they end the process
 CLEANUP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -28,8 +27,6 @@ CLEANUP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _pem_dir: str | None = None
 _pem_dir_pid: int | None = None
 _signals_installed = False
-#: signal number -> the handler that was in place before ours
-_previous_handlers: dict[int, Any] = {}
 
 
 def write_pem_file(kind: str, digest: str, data: bytes) -> str:
@@ -45,11 +42,6 @@ def write_pem_file(kind: str, digest: str, data: bytes) -> str:
             os.close(fd)
         os.replace(tmp, path)
     return path
-
-
-def pem_directory() -> str | None:
-    """The private directory of this process's PEM files, if one was made."""
-    return _pem_dir
 
 
 def remove_pem_dir() -> None:
@@ -71,32 +63,28 @@ def _private_dir() -> str:
 
 
 def _install_signal_cleanup() -> None:
-    """Handle SIGTERM and SIGINT too, chaining to the handler that was in place."""
+    """Remove the directory on SIGTERM and SIGINT where their default action is in place.
+
+    The default action ends the process at once, without ``atexit``: our handler
+    removes the directory first, then the process dies of the same signal, as it
+    would have. A handler the application installed is kept as it is and
+    decides: a graceful shutdown may still open connections, so the files stay
+    until the process exits, and ``atexit`` removes them then (Python's own
+    SIGINT handler raises KeyboardInterrupt, which ends in an exit too).
+    Replacing it would change nothing but what ``signal.getsignal()`` tells
+    others (``asyncio.run()`` handles Ctrl-C only over Python's own handler).
+    """
     global _signals_installed
     if _signals_installed or threading.current_thread() is not threading.main_thread():
         return  # signal.signal() works in the main thread only; atexit still cleans up
     for signum in CLEANUP_SIGNALS:
-        previous = signal.getsignal(signum)
-        if previous is None or previous == signal.SIG_IGN:
-            continue  # set outside Python: left alone; ignored: the process goes on
-        _previous_handlers[signum] = previous
-        signal.signal(signum, _on_signal)
+        if signal.getsignal(signum) == signal.SIG_DFL:
+            signal.signal(signum, _on_signal)
     _signals_installed = True
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
-    """SIGTERM/SIGINT: the application's handler if it had one, else clean up and die.
-
-    An application's handler decides what happens: a graceful shutdown may
-    still open connections, so the files stay until the process exits (then
-    ``atexit`` removes them). With no handler the signal's default action ends
-    the process without running ``atexit``: remove the directory first, then
-    die of the same signal, as the process would have.
-    """
-    previous = _previous_handlers.get(signum, signal.SIG_DFL)
-    if callable(previous):
-        previous(signum, frame)
-        return
+    """Remove the directory, then take the signal's default action: the process ends."""
     remove_pem_dir()
     signal.signal(signum, signal.SIG_DFL)
     signal.raise_signal(signum)

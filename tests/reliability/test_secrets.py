@@ -455,8 +455,9 @@ def test_key_material_without_pem_header_is_not_echoed(server: Any) -> None:
 #: An application in a subprocess: CA, client certificate and key as PEM text from the
 #: environment, one real TLS connection as ``certuser``, then one JSON line on stdout
 #: (user, TLS version, the paths, every file or directory Python was asked to create or
-#: write). Then it waits on stdin: a line (or its end) makes it exit normally, unless a
-#: signal ends it first.
+#: write, the signal handlers in place). An application's SIGTERM handler is installed
+#: ``before`` or ``after`` the settings are read, or not at all (``-``). Then it waits on
+#: stdin: a line (or its end) makes it exit normally, unless a signal ends it first.
 APP = r"""
 import json, os, signal, sys
 
@@ -474,11 +475,14 @@ def audit(event, args):
 
 
 sys.addaudithook(audit)
-if handler == "application":
-    def on_sigterm(signum, frame):
-        os.write(1, b"the application's handler ran\n")  # print() is not safe here
-        sys.exit(3)
 
+
+def on_sigterm(signum, frame):
+    os.write(1, b"the application's handler ran\n")  # print() is not safe here
+    sys.exit(3)
+
+
+if handler == "before":
     signal.signal(signal.SIGTERM, on_sigterm)
 
 import multipool.tls.pem
@@ -493,6 +497,8 @@ from multipool.config import read_environment
 
 settings.configure(DATABASES=multipool.databases(), INSTALLED_APPS=["multipool"], USE_TZ=True)
 django.setup()
+if handler == "after":
+    signal.signal(signal.SIGTERM, on_sigterm)
 from django.db import connection
 
 with connection.cursor() as cursor:
@@ -506,7 +512,12 @@ with connection.cursor() as cursor:
         tls = cursor.fetchone()[1]
 spec = read_environment()["default"].tls
 paths = {"ca": spec.ca, "cert": spec.cert, "key": spec.key}
-print(json.dumps({"user": user, "tls": tls, "paths": paths, "made": made}), flush=True)
+handlers = {
+    name: getattr(signal.getsignal(number), "__name__", str(signal.getsignal(number)))
+    for name, number in (("SIGTERM", signal.SIGTERM), ("SIGINT", signal.SIGINT))
+}
+report = {"user": user, "tls": tls, "paths": paths, "made": made, "handlers": handlers}
+print(json.dumps(report), flush=True)
 sys.stdin.readline()  # the connection stays open until then
 """
 
@@ -652,6 +663,7 @@ ENDINGS = {"exit": 0, "SIGTERM": -signal.SIGTERM, "SIGKILL": -signal.SIGKILL}
 def test_key_in_memory_never_reaches_a_disk(server: Any, tmp_path: Path, end: str) -> None:
     run = run_app(server, tmp_path, "memory", end, while_running=memfd_running)
     assert_connected(run)
+    assert run.report["handlers"] == PYTHON_HANDLERS  # no signal is touched
     assert run.returncode == ENDINGS[end], run.stderr
     assert run.seconds_to_end < 5
     assert run.report["made"] == []  # Python was asked to create or write no file at all
@@ -660,24 +672,33 @@ def test_key_in_memory_never_reaches_a_disk(server: Any, tmp_path: Path, end: st
     assert key_on_disk(run) == {}
 
 
+#: Python's own handlers: SIGTERM's default action, SIGINT's KeyboardInterrupt
+PYTHON_HANDLERS = {"SIGTERM": str(signal.SIG_DFL), "SIGINT": "default_int_handler"}
+
+
 @pytest.mark.parametrize(
-    "end, handler, returncode",
+    "end, handler, sigterm_handler, returncode",
     [
-        ("exit", "-", 0),
-        ("SIGTERM", "-", -signal.SIGTERM),  # no handler: removed, then the default action
-        ("SIGTERM", "application", 3),  # the application's handler ran, and exited
-        ("SIGINT", "-", -signal.SIGINT),  # Python's KeyboardInterrupt, then exit
+        ("exit", "-", "_on_signal", 0),
+        # no handler: multipool's removes the directory, then the default action
+        ("SIGTERM", "-", "_on_signal", -signal.SIGTERM),
+        # the application's handler, kept whatever the order, ran and exited
+        ("SIGTERM", "before", "on_sigterm", 3),
+        ("SIGTERM", "after", "on_sigterm", 3),
+        # Python's handler raises KeyboardInterrupt; the process exits, then dies of SIGINT
+        ("SIGINT", "-", "_on_signal", -signal.SIGINT),
     ],
-    ids=["exit", "SIGTERM", "SIGTERM-application-handler", "SIGINT"],
+    ids=["exit", "SIGTERM", "SIGTERM-handler-before", "SIGTERM-handler-after", "SIGINT"],
 )
 def test_key_in_temporary_files_is_removed(
-    server: Any, tmp_path: Path, end: str, handler: str, returncode: int
+    server: Any, tmp_path: Path, end: str, handler: str, sigterm_handler: str, returncode: int
 ) -> None:
     run = run_app(server, tmp_path, "files", end, handler, while_running=files_running)
     assert_connected(run)
+    assert run.report["handlers"] == {**PYTHON_HANDLERS, "SIGTERM": sigterm_handler}
     assert run.returncode == returncode, run.stderr
     assert run.seconds_to_end < 5
-    assert ("the application's handler ran" in run.stdout) == (handler == "application")
+    assert ("the application's handler ran" in run.stdout) == (handler != "-")
     made = [Path(path) for path in run.report["made"]]
     assert made and all(path.is_relative_to(run.temp) for path in made)
     assert list(run.temp.iterdir()) == []  # the private directory is gone
