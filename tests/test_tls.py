@@ -28,6 +28,7 @@ from multipool.tls import (
     TLS_OPTION_NAMES,
     TLSSpec,
     check_tls_support,
+    pem,
     tls_from_options,
     validate_tls,
     write_pem,
@@ -523,13 +524,26 @@ def test_check_tls_support_unknown_vendor() -> None:
 # -- PEM text --------------------------------------------------------------------------------
 
 
-def test_pem_text_goes_to_a_private_file(pki: PKI) -> None:
+@pytest.fixture(params=["memory", "files"])
+def pem_storage(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Where PEM text goes: an in-memory file (Linux), or a temporary file (elsewhere)."""
+    if request.param == "memory" and not pem.use_memfd:
+        pytest.skip("no memfd_create on this system")
+    monkeypatch.setattr(pem, "use_memfd", request.param == "memory")
+    return str(request.param)
+
+
+def test_pem_text_goes_to_a_private_file(pki: PKI, pem_storage: str) -> None:
     text = Path(pki.ca).read_text()
     spec = tls_from_options("x", "postgresql", {"sslrootcert": text, "sslmode": "verify-full"})
     assert spec.ca is not None and spec.ca != text
     assert Path(spec.ca).read_text() == text
     assert stat.S_IMODE(os.stat(spec.ca).st_mode) == 0o600
-    assert stat.S_IMODE(os.stat(os.path.dirname(spec.ca)).st_mode) == 0o700
+    if pem_storage == "memory":
+        assert spec.ca.startswith("/proc/self/fd/")
+        assert os.readlink(spec.ca).startswith("/memfd:multipool-tls-ca")
+    else:
+        assert stat.S_IMODE(os.stat(os.path.dirname(spec.ca)).st_mode) == 0o700
     # same content -> same path, so equal configurations stay equal
     again = tls_from_options("y", "postgresql", {"sslrootcert": text, "sslmode": "verify-full"})
     assert again == spec
@@ -541,7 +555,7 @@ def test_pem_text_goes_to_a_private_file(pki: PKI) -> None:
     assert validate_tls("x", spec) == []
 
 
-def test_pem_key_text(pki: PKI) -> None:
+def test_pem_key_text(pki: PKI, pem_storage: str) -> None:
     key_text = Path(pki.key).read_text()
     cert_text = Path(pki.cert).read_text()
     spec = tls_from_options(
@@ -552,11 +566,50 @@ def test_pem_key_text(pki: PKI) -> None:
     assert validate_tls("x", spec) == []
 
 
-def test_different_content_different_path() -> None:
+def test_different_content_different_path(pem_storage: str) -> None:
     a = write_pem("ca", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----")
     b = write_pem("ca", "-----BEGIN CERTIFICATE-----\nBBBB\n-----END CERTIFICATE-----")
     assert a != b
     assert write_pem("ca", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----") == a
+
+
+@pytest.mark.skipif(not pem.use_memfd, reason="no memfd_create on this system")
+def test_in_memory_pem_file_is_private_sealed_and_closed_on_exec(pki: PKI) -> None:
+    import fcntl
+
+    path = write_pem("key", Path(pki.key).read_text())
+    fd = int(path.rpartition("/")[2])
+    assert path == f"/proc/self/fd/{fd}" and fd > 2  # clear of stdin, stdout, stderr
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+    assert fcntl.fcntl(fd, fcntl.F_GET_SEALS) & fcntl.F_SEAL_WRITE
+    writable = os.open(path, os.O_WRONLY)
+    try:
+        with pytest.raises(PermissionError):  # sealed: the content cannot change
+            os.write(writable, b"-----BEGIN PRIVATE KEY-----")
+    finally:
+        os.close(writable)
+    assert Path(path).read_bytes() == Path(pki.key).read_bytes()
+    assert pem.from_pem_text(path) and not pem.from_pem_text(pki.key)
+    assert pem.show_path(path) == "(the PEM text given)"
+
+
+@pytest.mark.skipif(not pem.use_memfd, reason="no memfd_create on this system")
+def test_in_memory_pem_file_is_made_again_when_its_descriptor_is_gone(pki: PKI) -> None:
+    """Code that closes every descriptor (a daemonizing worker) and reuses the number:
+    reading the settings again gives a file with the text, not what the number is now."""
+    text = Path(pki.ca).read_text()
+    path = write_pem("ca", text)
+    fd = int(path.rpartition("/")[2])
+    null = os.open(os.devnull, os.O_RDONLY)
+    try:
+        os.dup2(null, fd)  # closes the in-memory file; the number now means /dev/null
+        again = write_pem("ca", text)
+        assert Path(again).read_text() == text
+        assert again != path
+    finally:
+        os.close(null)
+        os.close(fd)
 
 
 def test_invalid_pem_text_is_a_configuration_error() -> None:

@@ -12,6 +12,7 @@ from multipool.cli.masking import MASK, Masker
 from multipool.cli.output import EXIT_OK, EXIT_USAGE, print_json, render_table
 from multipool.cli.sources import engine_of, is_multipool, load_source, select_aliases, vendor_label
 from multipool.errors import ConfigurationError
+from multipool.tls.pem import from_pem_text
 
 if TYPE_CHECKING:
     from multipool.config import DatabaseSpec
@@ -21,7 +22,7 @@ def _shown_path(path: str | None, setting: str) -> str | None:
     """A TLS file's path, or where its PEM text came from (never the text)."""
     if path is None:
         return None
-    if "multipool-tls-" in path:  # PEM text given in the setting, written to a private file
+    if from_pem_text(path):  # PEM text given in the setting, kept in a private file
         return f"(PEM text from {setting})"
     return path
 

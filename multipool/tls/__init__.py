@@ -10,14 +10,16 @@ Inputs come in three dialects, all accepted for every server type:
 * environment variables (see :mod:`multipool.config`), parsed field by field
   with :func:`normalize_tls_field`.
 
-File values may be paths or PEM text (``-----BEGIN ...``), written once to a
-private file. :func:`validate_tls` checks the files at startup and returns
-warnings. Nothing here ever puts a key passphrase or PEM text in a repr, a log
-line or an exception message.
+File values may be paths or PEM text (``-----BEGIN ...``), kept once in a
+private file (in memory on Linux, see :mod:`~multipool.tls.pem`).
+:func:`validate_tls` checks the files at startup and returns warnings. Nothing
+here ever puts a key passphrase or PEM text in a repr, a log line or an
+exception message.
 
 Modules: :mod:`~multipool.tls.spec` (the spec and its driver arguments),
 :mod:`~multipool.tls.spellings` (input spellings), :mod:`~multipool.tls.support`
-(what each driver can do), :mod:`~multipool.tls.pem` (PEM text -> private files),
+(what each driver can do), :mod:`~multipool.tls.pem` and
+:mod:`~multipool.tls.pem_files` (PEM text -> private files),
 :mod:`~multipool.tls.files` and :mod:`~multipool.tls.validation` (startup checks).
 """
 

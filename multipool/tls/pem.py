@@ -1,22 +1,40 @@
-"""PEM text given in a setting: recognized, written once to a private file, never shown.
+"""PEM text given in a setting: recognized, kept in a private file, never shown.
 
-PEM text is written mode 0600 into a private 0700 directory; equal text gives an
-equal path, so equal configurations give equal specs.
+The drivers read certificates and keys from files only. Where the system has
+``memfd_create`` (Linux), PEM text goes into an anonymous in-memory file, mode
+0600, sealed once written, and the drivers get its ``/proc/self/fd/N`` path:
+nothing is written to a disk, and nothing is left behind however the process
+ends (exit, SIGTERM, SIGKILL): the kernel frees the memory with the last
+descriptor. Forked children (pre-fork servers) inherit the descriptor, so the
+same path works in them. The descriptor is closed on ``exec``: a program the
+application runs does not get the key; a re-executed application reads its
+settings again and makes its own.
+
+Elsewhere the text goes to a temporary file (:mod:`multipool.tls.pem_files`).
+
+Either way equal text gives an equal path within a process, so equal
+configurations give equal specs.
 """
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import os
 import re
-import shutil
-import tempfile
 import threading
 
-_pem_lock = threading.Lock()
-_pem_dir: str | None = None
-_pem_dir_pid: int | None = None
+from multipool.forking import in_child_after_fork
+from multipool.tls.pem_files import write_pem_file
+
+#: False writes PEM text to temporary files even where in-memory files exist
+#: (tests use it to run that path on Linux)
+use_memfd: bool = hasattr(os, "memfd_create")
+
+_lock = threading.Lock()
+#: (kind, digest) -> (descriptor, device, inode) of an in-memory file made here
+_memfds: dict[tuple[str, str], tuple[int, int, int]] = {}
+#: every path handed out for PEM text: shown as "PEM text", never as the path
+_pem_paths: set[str] = set()
 
 #: base64 text with no dot, dash or underscore: more likely a PEM body pasted
 #: without its ``-----BEGIN`` line than a file name
@@ -33,8 +51,15 @@ def looks_like_pem_body(value: str) -> bool:
     return _BASE64_BODY.fullmatch(value) is not None
 
 
+def from_pem_text(path: str) -> bool:
+    """Whether ``path`` is where :func:`write_pem` put PEM text in this process."""
+    return path in _pem_paths
+
+
 def show_path(path: str) -> str:
     """A path for a message; never echo something that may be key material."""
+    if from_pem_text(path):
+        return "(the PEM text given)"
     if (
         len(path) > 255
         or "\n" in path
@@ -43,23 +68,6 @@ def show_path(path: str) -> str:
     ):
         return "(the value, not shown: if it is PEM text, include its -----BEGIN line)"
     return repr(path)
-
-
-def _cleanup_pem_dir() -> None:
-    # Only the process that made the directory removes it: forked workers share it.
-    if _pem_dir is not None and _pem_dir_pid == os.getpid():
-        shutil.rmtree(_pem_dir, ignore_errors=True)
-
-
-def _private_dir() -> str:
-    global _pem_dir, _pem_dir_pid
-    if _pem_dir is None or not os.path.isdir(_pem_dir):
-        _pem_dir = tempfile.mkdtemp(prefix="multipool-tls-")
-        os.chmod(_pem_dir, 0o700)
-        if _pem_dir_pid is None:
-            atexit.register(_cleanup_pem_dir)
-        _pem_dir_pid = os.getpid()
-    return _pem_dir
 
 
 def _pem_bytes(text: str) -> bytes:
@@ -72,22 +80,79 @@ def _pem_bytes(text: str) -> bytes:
 
 
 def write_pem(kind: str, text: str) -> str:
-    """Write PEM text to a 0600 file in a private 0700 directory; return its path.
+    """Keep PEM text in a private file readable by this user only; return its path.
 
-    The file name is a digest of the content: the same text gives the same
-    path within a process, and is written only once.
+    An in-memory file (``/proc/self/fd/N``) where the system has one, else a
+    temporary file. The same text gives the same path within a process, and
+    is written only once.
     """
     data = _pem_bytes(text)
     digest = hashlib.sha256(data).hexdigest()[:40]
-    with _pem_lock:
-        directory = _private_dir()
-        path = os.path.join(directory, f"{kind}-{digest}.pem")
-        if not os.path.exists(path):
-            tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                os.write(fd, data)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
+    with _lock:
+        path = _memfd_path(kind, digest, data) if use_memfd else None
+        if path is None:
+            path = write_pem_file(kind, digest, data)
+        _pem_paths.add(path)
     return path
+
+
+def _memfd_path(kind: str, digest: str, data: bytes) -> str | None:
+    """The ``/proc/self/fd/N`` path of an in-memory file holding ``data``, or None."""
+    known = _memfds.get((kind, digest))
+    if known is not None and _still_ours(*known):
+        return f"/proc/self/fd/{known[0]}"
+    fd = _new_memfd(kind, data)
+    if fd is None:
+        return None
+    st = os.fstat(fd)
+    _memfds[(kind, digest)] = (fd, st.st_dev, st.st_ino)
+    return f"/proc/self/fd/{fd}"
+
+
+def _still_ours(fd: int, device: int, inode: int) -> bool:
+    """Whether the descriptor is still our file: code that closes every descriptor
+    (a daemonizing worker) may have closed it, and the number been reused."""
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (device, inode)
+
+
+def _new_memfd(kind: str, data: bytes) -> int | None:
+    """An in-memory file holding ``data``, mode 0600 and sealed; None if there is none."""
+    import fcntl  # POSIX only, like memfd_create
+
+    try:
+        fd = os.memfd_create(f"multipool-tls-{kind}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    except OSError:
+        return None  # refused (a sandbox, an old kernel): a temporary file then
+    try:
+        if fd <= 2:
+            # Daemonizing code redirects 0-2 to /dev/null: keep clear of them.
+            moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+            os.close(fd)
+            fd = moved
+        os.fchmod(fd, 0o600)  # it starts at 0777, and libpq refuses a key others can read
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        # No more writes, no resizing, no more seals: the content is fixed.
+        seals = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+        with open(f"/proc/self/fd/{fd}", "rb") as check:  # what the drivers will open
+            if check.read() != data:
+                raise OSError("the in-memory file reads back differently")
+    except OSError:
+        os.close(fd)
+        return None  # e.g. no /proc mounted: a temporary file then
+    return fd
+
+
+def _new_lock_after_fork() -> None:
+    # A thread of the parent may have held the lock when it forked.
+    global _lock
+    _lock = threading.Lock()
+
+
+in_child_after_fork("state", _new_lock_after_fork)

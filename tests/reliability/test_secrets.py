@@ -23,6 +23,14 @@ None of the secrets -- nor any line of the private key's PEM body -- may appear
 in a log record (formatted, with its traceback), an exception (``str`` and
 ``repr`` along the whole ``__cause__``/``__context__`` chain, and the formatted
 traceback), a warning, a check message, or the captured output.
+
+Nor may the private key stay on disk. An application in a subprocess reads its CA,
+client certificate and key as PEM text from the environment and logs in by
+certificate; after a normal exit, SIGTERM or SIGKILL no file it could have written
+holds the key. On Linux the text lives in in-memory files and nothing is written at
+all; the temporary files used elsewhere (forced here) are removed at exit and on
+SIGTERM/SIGINT, and stay after SIGKILL. Every driver reads the in-memory files, and a
+forked worker connects with the paths it inherited.
 """
 
 from __future__ import annotations
@@ -30,13 +38,21 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import json
 import logging
 import os
 import secrets
+import shutil
+import signal
+import stat
+import subprocess
+import sys
 import threading
+import time
 import traceback
 import warnings
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -50,6 +66,7 @@ from multipool.checks import check_databases, check_deployment
 from multipool.config import databases, env_prefix, read_environment
 from multipool.errors import ConfigurationError, PoolTimeout
 from multipool.pools import manager
+from multipool.tls import pem
 from tests.conftest import registered_alias
 
 pytestmark = pytest.mark.timeout(60)
@@ -426,3 +443,430 @@ def test_key_material_without_pem_header_is_not_echoed(server: Any) -> None:
     assert f"{prefix}SSLKEY" in str(info.value)
     for line in pem_body_lines(key_path.read_text()):
         assert line[:16] not in str(info.value)
+
+
+# -- the private key is never left on disk -----------------------------------------------------
+#
+# PEM text from the environment lives in an in-memory file on Linux (memfd, nothing on
+# disk, whatever ends the process), and in a private temporary directory elsewhere
+# (removed at exit and on SIGTERM/SIGINT; SIGKILL leaves it). ``pem.use_memfd = False``
+# forces the temporary files on Linux too.
+
+#: An application in a subprocess: CA, client certificate and key as PEM text from the
+#: environment, one real TLS connection as ``certuser``, then one JSON line on stdout
+#: (user, TLS version, the paths, every file or directory Python was asked to create or
+#: write, the signal handlers in place). An application's SIGTERM handler is installed
+#: ``before`` or ``after`` the settings are read, or not at all (``-``). Then it waits on
+#: stdin: a line (or its end) makes it exit normally, unless a signal ends it first.
+APP = r"""
+import json, os, signal, sys
+
+storage, handler = sys.argv[1:3]
+made = []
+
+
+def audit(event, args):
+    if event == "open" and not isinstance(args[0], int):
+        mode, flags = args[1] or "", args[2] or 0
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT) or set(mode) & set("wax+"):
+            made.append(os.fsdecode(args[0]))
+    elif event in ("os.mkdir", "tempfile.mkstemp", "tempfile.mkdtemp"):
+        made.append(os.fsdecode(args[0]))
+
+
+sys.addaudithook(audit)
+
+
+def on_sigterm(signum, frame):
+    os.write(1, b"the application's handler ran\n")  # print() is not safe here
+    sys.exit(3)
+
+
+if handler == "before":
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+import multipool.tls.pem
+
+multipool.tls.pem.use_memfd = storage == "memory"
+
+import django
+from django.conf import settings
+
+import multipool
+from multipool.config import read_environment
+
+settings.configure(DATABASES=multipool.databases(), INSTALLED_APPS=["multipool"], USE_TZ=True)
+django.setup()
+if handler == "after":
+    signal.signal(signal.SIGTERM, on_sigterm)
+from django.db import connection
+
+with connection.cursor() as cursor:
+    if connection.vendor == "postgresql":
+        cursor.execute("SELECT current_user, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        user, tls = cursor.fetchone()
+    else:
+        cursor.execute("SELECT SUBSTRING_INDEX(CURRENT_USER(), '@', 1)")
+        user = cursor.fetchone()[0]
+        cursor.execute("SHOW SESSION STATUS LIKE 'Ssl_version'")
+        tls = cursor.fetchone()[1]
+spec = read_environment()["default"].tls
+paths = {"ca": spec.ca, "cert": spec.cert, "key": spec.key}
+handlers = {
+    name: getattr(signal.getsignal(number), "__name__", str(signal.getsignal(number)))
+    for name, number in (("SIGTERM", signal.SIGTERM), ("SIGINT", signal.SIGINT))
+}
+report = {"user": user, "tls": tls, "paths": paths, "made": made, "handlers": handlers}
+print(json.dumps(report), flush=True)
+sys.stdin.readline()  # the connection stays open until then
+"""
+
+#: where Python's tempfile could put a file when TMPDIR is unusable, and shared memory
+SYSTEM_TEMP_DIRS = ("/tmp", "/var/tmp", "/usr/tmp", "/dev/shm")
+
+
+@dataclass
+class AppRun:
+    report: dict[str, Any]
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds_to_end: float  # from the signal (or the request to exit) to the end
+    home: Path
+    temp: Path
+    cwd: Path
+    needles: list[str]  # the lines of the key's PEM body
+    roots: list[str]  # everywhere the application could have written a file
+    key_files_before: dict[str, tuple[int, int]]  # the key's own file, other tests' copies
+
+
+def certuser_environment(server: Any) -> dict[str, str]:
+    """``DATABASE_*`` for ``certuser``: CA, certificate and key as PEM text."""
+    cert, key = server.certs.client("certuser")
+    user = server.users["certuser"]
+    auth = f"certuser:{quote(user.password, safe='')}" if user.password else "certuser"
+    scheme = "postgresql" if server.engine == "postgresql" else "mysql"
+    return {
+        "DATABASE_URL": f"{scheme}://{auth}@{server.host}:{server.port}/{server.database}"
+        "?connect_timeout=5",
+        "DATABASE_SSLMODE": "verify-full",
+        "DATABASE_SSLROOTCERT": server.certs.ca_cert.read_text(),
+        "DATABASE_SSLCERT": cert.read_text(),
+        "DATABASE_SSLKEY": key.read_text(),
+    }
+
+
+def run_app(
+    server: Any, tmp_path: Path, storage: str, end: str, handler: str = "-", *,
+    while_running: Any = None,
+) -> AppRun:
+    """Run :data:`APP` with its own HOME, TMPDIR and working directory (all empty)."""
+    home, temp, cwd = (tmp_path / name for name in ("home", "temp", "cwd"))
+    for directory in (home, temp, cwd):
+        directory.mkdir()
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),
+        "TMPDIR": str(temp), "TEMP": str(temp), "TMP": str(temp),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        **certuser_environment(server),
+    }
+    needles = pem_body_lines(server.certs.client("certuser")[1].read_text())
+    roots = [str(home), str(temp), str(cwd), *filter(os.path.isdir, SYSTEM_TEMP_DIRS)]
+    before = files_holding(needles, roots)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", APP, storage, handler],
+        cwd=cwd, env=env, text=True,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        if not line:
+            proc.wait(10)
+            pytest.fail(f"the application failed: {proc.stderr.read() if proc.stderr else ''}")
+        report = json.loads(line)
+        if while_running is not None:
+            while_running(proc.pid, report, temp)
+        signalled = time.monotonic()
+        if end == "exit" and proc.stdin is not None:
+            proc.stdin.write("exit\n")
+            proc.stdin.flush()
+        else:
+            proc.send_signal(getattr(signal, end))
+        proc.wait(10)
+        seconds = time.monotonic() - signalled
+        out, err = proc.communicate()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return AppRun(
+        report, proc.returncode, out, err, seconds, home, temp, cwd, needles, roots, before
+    )
+
+
+def files_holding(needles: list[str], roots: Iterable[str]) -> dict[str, tuple[int, int]]:
+    """Regular files under ``roots`` that contain a needle: path -> (inode, mtime)."""
+    found = {}
+    for root in roots:
+        for directory, _, names in os.walk(root):
+            for name in names:
+                path = os.path.join(directory, name)
+                try:
+                    st = os.lstat(path)
+                    if not stat.S_ISREG(st.st_mode):
+                        continue  # never open a socket or a FIFO
+                    with open(path, "rb") as handle:
+                        data = handle.read(1 << 20)
+                except OSError:
+                    continue
+                if any(needle.encode() in data for needle in needles):
+                    found[path] = (st.st_ino, st.st_mtime_ns)
+    return found
+
+
+def key_on_disk(run: AppRun) -> dict[str, tuple[int, int]]:
+    """Files holding the key that were not there, as they are, before the run."""
+    now = files_holding(run.needles, run.roots)
+    return {path: seen for path, seen in now.items() if run.key_files_before.get(path) != seen}
+
+
+def assert_connected(run: AppRun) -> None:
+    assert run.report["user"] == "certuser", run.stderr  # logged in by the client certificate
+    assert run.report["tls"].startswith("TLSv1."), run.report
+
+
+def memfd_running(pid: int, report: dict[str, Any], temp: Path) -> None:
+    """While the application runs: each path is an in-memory file of that process."""
+    for kind, path in report["paths"].items():
+        assert path.startswith("/proc/self/fd/"), path
+        target = os.readlink(f"/proc/{pid}/fd/{path.rpartition('/')[2]}")
+        assert target == f"/memfd:multipool-tls-{kind} (deleted)"
+
+
+def files_running(pid: int, report: dict[str, Any], temp: Path) -> None:
+    """While the application runs: the key is a 0600 file in a 0700 directory in TMPDIR."""
+    key = Path(report["paths"]["key"])
+    assert key.parent.parent == temp and key.parent.name.startswith("multipool-tls-")
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert stat.S_IMODE(key.parent.stat().st_mode) == 0o700
+
+
+needs_memfd = pytest.mark.skipif(not pem.use_memfd, reason="no memfd_create on this system")
+
+#: how each ending ends the process: a normal exit, or death by the signal itself
+ENDINGS = {"exit": 0, "SIGTERM": -signal.SIGTERM, "SIGKILL": -signal.SIGKILL}
+
+
+@needs_memfd
+@pytest.mark.parametrize("end", list(ENDINGS))
+def test_key_in_memory_never_reaches_a_disk(server: Any, tmp_path: Path, end: str) -> None:
+    run = run_app(server, tmp_path, "memory", end, while_running=memfd_running)
+    assert_connected(run)
+    assert run.report["handlers"] == PYTHON_HANDLERS  # no signal is touched
+    assert run.returncode == ENDINGS[end], run.stderr
+    assert run.seconds_to_end < 5
+    assert run.report["made"] == []  # Python was asked to create or write no file at all
+    for directory in (run.home, run.temp, run.cwd):
+        assert list(directory.iterdir()) == []
+    assert key_on_disk(run) == {}
+
+
+#: Python's own handlers: SIGTERM's default action, SIGINT's KeyboardInterrupt
+PYTHON_HANDLERS = {"SIGTERM": str(signal.SIG_DFL), "SIGINT": "default_int_handler"}
+
+
+@pytest.mark.parametrize(
+    "end, handler, sigterm_handler, returncode",
+    [
+        ("exit", "-", "_on_signal", 0),
+        # no handler: multipool's removes the directory, then the default action
+        ("SIGTERM", "-", "_on_signal", -signal.SIGTERM),
+        # the application's handler, kept whatever the order, ran and exited
+        ("SIGTERM", "before", "on_sigterm", 3),
+        ("SIGTERM", "after", "on_sigterm", 3),
+        # Python's handler raises KeyboardInterrupt; the process exits, then dies of SIGINT
+        ("SIGINT", "-", "_on_signal", -signal.SIGINT),
+    ],
+    ids=["exit", "SIGTERM", "SIGTERM-handler-before", "SIGTERM-handler-after", "SIGINT"],
+)
+def test_key_in_temporary_files_is_removed(
+    server: Any, tmp_path: Path, end: str, handler: str, sigterm_handler: str, returncode: int
+) -> None:
+    run = run_app(server, tmp_path, "files", end, handler, while_running=files_running)
+    assert_connected(run)
+    assert run.report["handlers"] == {**PYTHON_HANDLERS, "SIGTERM": sigterm_handler}
+    assert run.returncode == returncode, run.stderr
+    assert run.seconds_to_end < 5
+    assert ("the application's handler ran" in run.stdout) == (handler != "-")
+    made = [Path(path) for path in run.report["made"]]
+    assert made and all(path.is_relative_to(run.temp) for path in made)
+    assert list(run.temp.iterdir()) == []  # the private directory is gone
+    assert key_on_disk(run) == {}
+
+
+def test_key_in_temporary_files_outlives_sigkill(server: Any, tmp_path: Path) -> None:
+    """Nothing runs on SIGKILL: the temporary files stay. On Linux the in-memory file
+    is the answer (test_key_in_memory_never_reaches_a_disk)."""
+    run = run_app(server, tmp_path, "files", "SIGKILL", while_running=files_running)
+    try:
+        assert_connected(run)
+        assert run.returncode == -signal.SIGKILL
+        key = Path(run.report["paths"]["key"])
+        assert key.read_text() == server.certs.client("certuser")[1].read_text()
+        assert list(key_on_disk(run)) == [str(key)]  # what the other tests look for
+    finally:
+        shutil.rmtree(run.temp)
+
+
+def crl_pem(certs: Any, revoked: Iterable[Path] = ()) -> str:
+    """A CRL signed by the test CA, revoking the certificates in ``revoked``."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    ca = x509.load_pem_x509_certificate(certs.ca_cert.read_bytes())
+    ca_key = serialization.load_pem_private_key(certs.ca_key.read_bytes(), password=None)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.subject)
+        .last_update(now)
+        .next_update(now + datetime.timedelta(days=1))
+    )
+    for path in revoked:
+        serial = x509.load_pem_x509_certificate(path.read_bytes()).serial_number
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build()
+        )
+    crl = builder.sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    return crl.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def driver_user(connect: Any, params: dict[str, Any], pg: bool) -> str:
+    """Connect with a DB-API driver; the user the server logged in."""
+    conn = connect(**params)
+    try:
+        cursor = conn.cursor()
+        cursor.execute("SELECT current_user" if pg else "SELECT CURRENT_USER()")
+        return str(cursor.fetchone()[0]).split("@")[0]
+    finally:
+        conn.close()
+
+
+@needs_memfd
+def test_every_driver_reads_the_in_memory_files(server: Any) -> None:
+    """libpq (psycopg 3 and psycopg2) and mysqlclient open ``/proc/self/fd/N`` for the
+    CA, the client certificate, its key and (libpq) the CRL: ``certuser`` gets in by
+    its certificate, and a CRL revoking the server's certificate is obeyed."""
+    pg = server.engine == "postgresql"
+    env = certuser_environment(server)
+    if pg:
+        env["DATABASE_SSLCRL"] = crl_pem(server.certs)
+    tls = read_environment(source=env)["default"].tls
+    files = [tls.ca, tls.cert, tls.key] + ([tls.crl] if pg else [])
+    assert all(str(path).startswith("/proc/self/fd/") for path in files), files
+    assert stat.S_IMODE(os.stat(str(tls.key)).st_mode) == 0o600  # what libpq demands
+    params = server.connect_params("certuser")
+    params.pop("ssl", None)
+    if not pg:
+        import MySQLdb
+
+        params.update(tls.driver_kwargs("mysql"))
+        assert driver_user(MySQLdb.connect, params, pg) == "certuser"
+        return
+    import psycopg
+    import psycopg2
+
+    revoking = {**env, "DATABASE_SSLCRL": crl_pem(server.certs, [server.certs.server_cert])}
+    revoked = read_environment(source=revoking)["default"].tls
+    good = {**params, **tls.driver_kwargs("postgresql")}
+    bad = {**params, **revoked.driver_kwargs("postgresql")}
+    for driver in (psycopg, psycopg2):
+        assert driver_user(driver.connect, good, pg) == "certuser"
+        with pytest.raises(driver.OperationalError, match="certificate verify failed"):
+            driver_user(driver.connect, bad, pg)
+
+
+def current_user(conn: Any) -> str:
+    with conn.cursor() as cursor:
+        pg = conn.vendor == "postgresql"
+        cursor.execute("SELECT current_user" if pg else "SELECT CURRENT_USER()")
+        return str(cursor.fetchone()[0]).split("@")[0]
+
+
+def in_forked_worker(alias: str, files: list[str]) -> dict[str, Any]:
+    """What a pre-fork worker does (runs in the child): connect with the inherited paths;
+    then what one that closes every descriptor it inherited meets, and its remedy."""
+    from django.db import connections
+
+    result: dict[str, Any] = {"files": [os.readlink(path) for path in files]}
+    conn = connections[alias]
+    result["user"] = current_user(conn)
+    conn.close()
+    manager.dispose(alias)  # the next connection is a new one
+    for path in files:  # a worker closing every descriptor it inherited
+        os.close(int(path.rpartition("/")[2]))
+    try:
+        conn.ensure_connection()
+        result["after closing"] = "connected"
+    except Exception as exc:  # psycopg2 may not decode libpq's message: UnicodeDecodeError
+        result["after closing"] = type(exc).__name__
+    conn.close()
+    # The remedy: read the settings in the worker, after it has closed them.
+    with registered_alias(f"{alias}again", databases()[alias]) as again:
+        result["user again"] = current_user(again)
+        again.close()
+    return result
+
+
+def run_forked(target: Any, *args: Any) -> dict[str, Any]:
+    """``target(*args)`` in a forked child; its JSON result."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        code = 1
+        try:
+            os.close(read_fd)
+            os.write(write_fd, json.dumps(target(*args)).encode())
+            code = 0
+        except BaseException as exc:
+            os.write(write_fd, json.dumps({"error": repr(exc)}).encode())
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as pipe:
+        text = pipe.read()  # until the child exits
+    _, status = os.waitpid(pid, 0)
+    result = json.loads(text)
+    assert os.waitstatus_to_exitcode(status) == 0, result
+    return dict(result)
+
+
+@needs_memfd
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_forked_worker_connects_with_the_inherited_paths(
+    server: Any, clean_environ: pytest.MonkeyPatch
+) -> None:
+    """gunicorn ``--preload``: the parent reads the settings, connects, and forks."""
+    alias = "forked"
+    for key, value in certuser_environment(server).items():
+        clean_environ.setenv(key.replace("DATABASE_", env_prefix(alias)), value)
+    clean_environ.setenv("DATABASE_ALIASES", alias)
+    entry = databases()[alias]
+    tls = read_environment()[alias].tls
+    files = [str(tls.ca), str(tls.cert), str(tls.key)]
+    with registered_alias(alias, entry) as conn:
+        assert current_user(conn) == "certuser"  # the parent's connection stays open
+        started = time.monotonic()
+        child = run_forked(in_forked_worker, alias, files)
+        assert time.monotonic() - started < 20
+        kinds = ("ca", "cert", "key")
+        assert child["files"] == [f"/memfd:multipool-tls-{kind} (deleted)" for kind in kinds]
+        assert child["user"] == "certuser"
+        assert child["after closing"] in ("OperationalError", "UnicodeDecodeError"), child
+        assert child["user again"] == "certuser", child
+        conn.close()
+        assert current_user(conn) == "certuser"  # the parent's files are untouched
+        assert read_environment()[alias].tls.key == tls.key
