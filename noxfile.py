@@ -21,6 +21,7 @@ BACKEND_TESTS = [
     "tests/reliability/test_encryption_required.py",
     "tests/test_pool_logic.py",
     "tests/test_django_internals.py",
+    "tests/reliability/test_dbshell.py",
 ]
 
 

@@ -40,6 +40,8 @@ def test_postgresql_backend_suite_under_psycopg2():
             "tests/test_env_tls_connect.py",
             "tests/test_django_test_runner.py",
             "tests/reliability/test_encryption_required.py",
+            "tests/reliability/test_secrets.py",
+            "tests/reliability/test_dbshell.py",
             "tests/test_psycopg2.py::test_driver_is_the_one_this_process_was_asked_for",
         ],
         cwd=ROOT,

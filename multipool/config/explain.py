@@ -20,6 +20,7 @@ from multipool.config.keys import env_prefix
 from multipool.config.specs import DatabaseSpec
 from multipool.errors import ConfigurationError
 from multipool.setting_names import POOL_ATTRIBUTES, TLS_FIELDS
+from multipool.tls.pem import from_pem_text
 
 __all__ = ["Explained", "explain", "explain_as_dict", "settings_files"]
 
@@ -91,8 +92,7 @@ def _values(spec: DatabaseSpec, env: Any) -> Iterator[Explained]:
 
 def _shown(value: Any, setting: str) -> Any:
     """PEM text given in a variable lives in a private file: name the variable instead."""
-    private = "multipool-tls-" in str(value) or str(value).startswith("/proc/self/fd/")
-    if isinstance(value, str) and private:
+    if isinstance(value, str) and from_pem_text(value):
         return f"(PEM text from {setting})"
     return value
 

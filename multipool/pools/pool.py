@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.pool import QueuePool
 
 from multipool.errors import PoolTimeout
+from multipool.pools.log_names import pool_logger_name
 from multipool.pools.staleness import NO_CHECK, POLL, SocketWatch, Staleness
 from multipool.pools.stats import Counters, PoolStats
 
@@ -140,6 +141,7 @@ class AliasPool:
             recycle=-1 if pool.recycle is None else pool.recycle,
             use_lifo=pool.lifo,
             reset_on_return=None,  # the backend rolls back what needs it
+            logging_name=pool_logger_name(self.alias),
         )
 
     def __repr__(self) -> str:

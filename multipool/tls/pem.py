@@ -56,6 +56,15 @@ def from_pem_text(path: str) -> bool:
     return path in _pem_paths
 
 
+def inherited_descriptor(path: str) -> int | None:
+    """The descriptor behind an in-memory PEM path made here, for a program the
+    application starts on purpose (``dbshell``) to inherit; None for other paths."""
+    for fd, device, inode in list(_memfds.values()):
+        if path == f"/proc/self/fd/{fd}" and _still_ours(fd, device, inode):
+            return fd
+    return None
+
+
 def show_path(path: str) -> str:
     """A path for a message; never echo something that may be key material."""
     if from_pem_text(path):

@@ -9,8 +9,10 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from django.db.backends.mysql import base as django_mysql
+from django.db.backends.mysql.client import DatabaseClient as _DjangoClient
 from django.db.backends.mysql.creation import DatabaseCreation as _DjangoCreation
 
+from multipool.backends.client import PemShellMixin
 from multipool.backends.creation import PooledCreationMixin
 from multipool.backends.diagnosis import encryption_required
 from multipool.backends.pooled import PooledWrapperMixin
@@ -30,6 +32,10 @@ def _status(connection: Any, statement: str) -> str:
     return "" if row is None or row[1] is None else str(row[1])
 
 
+class DatabaseClient(_DjangoClient, PemShellMixin):
+    pass
+
+
 class DatabaseCreation(PooledCreationMixin, _DjangoCreation):
     pass
 
@@ -40,6 +46,7 @@ class DatabaseWrapper(PooledWrapperMixin, django_mysql.DatabaseWrapper):
     # TRANSACTION ISOLATION LEVEL ...``: a round trip whose effect lasts for
     # the session, so it runs once per physical connection.
     init_once = True
+    client_class = DatabaseClient
     creation_class = DatabaseCreation
 
     def network_params(self, spec: DatabaseSpec) -> dict[str, Any]:

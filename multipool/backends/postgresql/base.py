@@ -11,10 +11,12 @@ from typing import TYPE_CHECKING, Any
 from django.db import DEFAULT_DB_ALIAS
 from django.db.backends.base.base import NO_DB_ALIAS
 from django.db.backends.postgresql import base as django_postgresql
+from django.db.backends.postgresql.client import DatabaseClient as _DjangoClient
 from django.db.backends.postgresql.creation import DatabaseCreation as _DjangoCreation
 from django.db.backends.postgresql.psycopg_any import IsolationLevel, is_psycopg3
 
 from multipool.backends.binding import BROKEN, CHANGED, IDLE, IN_TRANSACTION, SessionState
+from multipool.backends.client import PemShellMixin
 from multipool.backends.creation import PooledCreationMixin
 from multipool.backends.pooled import PooledWrapperMixin
 from multipool.errors import ConfigurationError
@@ -26,6 +28,10 @@ if TYPE_CHECKING:
 # libpq's PQtransactionStatus: 0 idle, 1 active, 2 in transaction, 3 in error, 4 unknown (bad).
 _IDLE = 0
 _UNKNOWN = 4
+
+
+class DatabaseClient(_DjangoClient, PemShellMixin):
+    pass
 
 
 class DatabaseCreation(PooledCreationMixin, _DjangoCreation):
@@ -49,6 +55,7 @@ class DatabaseWrapper(PooledWrapperMixin, django_postgresql.DatabaseWrapper):
     # connection's parameter status (no round trip) and fixes it when user
     # code changed it, so it stays on for every checkout.
     init_once = False
+    client_class = DatabaseClient
     creation_class = DatabaseCreation
 
     def __init__(self, settings_dict: dict[str, Any], alias: str = DEFAULT_DB_ALIAS) -> None:
