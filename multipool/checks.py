@@ -45,6 +45,7 @@ from multipool.errors import (
     InvalidTLSSetting,
     TLSFileError,
 )
+from multipool.notices import first_report
 from multipool.tls import EXPIRY_WARNING_DAYS, ExpiryWarning, validate_tls
 
 __all__ = [
@@ -118,6 +119,7 @@ def _from_error(alias: str, exc: ConfigurationError) -> Error:
 
 
 def _tls_warning(alias: str, message: str) -> Warning:
+    first_report(alias, message)  # shown here: the pool need not log it again
     text = message.removeprefix(f"database alias '{alias}': ")
     if isinstance(message, ExpiryWarning):
         return Warning(

@@ -1,9 +1,9 @@
 """One message per problem per process.
 
 A certificate about to expire is a problem worth one line, not one per
-``manage.py`` command part: the system checks report it (``multipool.W001``),
-and a pool logs it when it is created, each only if nothing reported it in
-this process yet. A forked child starts with nothing reported.
+``manage.py`` command part: the system checks report it (``multipool.W001``)
+every time they run, and a pool logs it when it is created only if nothing
+reported it in this process yet. A forked child starts with nothing reported.
 """
 
 from __future__ import annotations

@@ -857,6 +857,36 @@ def test_expiry_warning_is_one_message_per_process(
     assert len(logged) == 1 and "EXPIRING_DATABASE_SSLCERT" in logged[0].getMessage()
 
 
+
+def test_expiry_warning_shown_by_the_checks_is_not_logged_again(
+    pki: PKI,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``manage.py runserver`` runs the checks, then opens the pool: one message."""
+    from multipool.checks import check_databases
+    from multipool.pools import manager
+
+    cert, key = pki.client(
+        "checked", not_after=dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=7)
+    )
+    environ = {
+        "DATABASE_ALIASES": "checked",
+        "CHECKED_DATABASE_URL": PG,
+        "CHECKED_DATABASE_SSLMODE": "verify-full",
+        "CHECKED_DATABASE_SSLROOTCERT": pki.ca,
+        "CHECKED_DATABASE_SSLCERT": cert,
+        "CHECKED_DATABASE_SSLKEY": key,
+    }
+    entry = databases(source=environ)["checked"]
+    for _ in range(2):  # every run of the checks reports it
+        found = check_databases(databases={"checked": entry})
+        assert [m.id for m in found if "CHECKED_DATABASE_SSLCERT" in m.msg] == ["multipool.W001"]
+    with caplog.at_level(logging.WARNING):
+        manager.pool(spec_from_settings("checked", entry))
+        manager.dispose("checked")
+    assert not [r for r in caplog.records if "expires" in r.getMessage()]
+
+
 # -- DATABASES entries ------------------------------------------------------------------------
 
 

@@ -5,8 +5,9 @@ The server process is stopped with SIGSTOP (the kernel still accepts TCP
 connections into the listen backlog and acknowledges data, which is what makes
 a frozen process hard to tell from a slow one) and resumed with SIGCONT:
 
-* a new connection fails after ``CONNECT_TIMEOUT`` (2 s here), with Django's
-  ``OperationalError``, instead of waiting for the server forever;
+* a new connection fails after ``CONNECT_TIMEOUT`` (2 s here) with ``ConnectTimeout``
+  (a Django ``OperationalError``) naming the alias, the host and the setting,
+  instead of waiting for the server forever;
 * on PostgreSQL a frozen postmaster does not stop a warm pool: the sessions it
   already forked still answer; a frozen backend blocks only its own session;
 * after SIGCONT the alias works again, with no restart of anything.
@@ -26,6 +27,7 @@ import pytest
 from django.db import connections
 from django.db.utils import OperationalError
 
+from multipool.errors import ConnectTimeout
 from multipool.pools import manager
 from tests.test_pool_lifecycle import request_cycle, stats
 
@@ -61,10 +63,15 @@ def test_a_new_connection_to_a_frozen_server_fails_within_the_connect_timeout(
     manager.dispose(alias)  # no idle connection left: the next checkout connects
     with frozen(server_pid(server)):
         started = time.monotonic()
-        with pytest.raises(OperationalError):
+        with pytest.raises(ConnectTimeout) as failed:
             connections[alias].ensure_connection()
         elapsed = time.monotonic() - started
     assert CONNECT_TIMEOUT - 0.1 <= elapsed < CONNECT_TIMEOUT + SLACK, elapsed
+    message = str(failed.value)
+    assert isinstance(failed.value, OperationalError)  # what Django code catches
+    setting = f"{alias.upper()}_DATABASE_CONNECT_TIMEOUT"
+    for part in (f"'{alias}'", f"{server.host}:{server.port}", setting):
+        assert part in message, message
     assert stats(conn).checked_out == 0  # the failed connect left its slot free
     assert request_cycle(connections[alias]) == [(1,)]  # resumed: works at once
 
