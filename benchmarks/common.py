@@ -509,12 +509,27 @@ def drop_bench_database(server: Any, name: str) -> None:
 # -- DATABASES entries ---------------------------------------------------------------
 
 
-def multipool_entry(server: Any, *, user: str, tls: str, database: str, **env: Any) -> dict:
-    """A multipool DATABASES entry built as users build it: from environment variables."""
-    import multipool
-
+def multipool_environ(
+    server: Any, *, user: str, tls: str, database: str, **env: Any
+) -> dict[str, str]:
+    """The environment variables of a multipool configuration."""
     environ = {"DATABASE_URL": server.url(user, tls=tls, database=database)}
     environ.update({f"DATABASE_{k}": str(v) for k, v in env.items()})
+    return environ
+
+
+def multipool_entry(server: Any, *, user: str, tls: str, database: str, **env: Any) -> dict:
+    """A multipool DATABASES entry built as users build it: from environment variables."""
+    return entry_from_environ(
+        multipool_environ(server, user=user, tls=tls, database=database, **env)
+    )
+
+
+def entry_from_environ(environ: Mapping[str, str]) -> dict[str, Any]:
+    """``DATABASES["default"]`` as the imported ``multipool`` reads ``environ``: in a
+    baseline worker, the baseline's code reads the same variables its own way."""
+    import multipool
+
     saved = {k: os.environ.get(k) for k in environ}
     os.environ.update(environ)
     try:
@@ -553,14 +568,10 @@ def config_entry(
 ) -> dict[str, Any]:
     """The DATABASES entry of one benchmark configuration."""
     vendor = server.engine
-    mp = multipool_entry(
-        server,
-        user=user,
-        tls=tls,
-        database=database,
-        POOL_SIZE=threads,
-        MAX_OVERFLOW=max_overflow,
+    environ = multipool_environ(
+        server, user=user, tls=tls, database=database, POOL_SIZE=threads, MAX_OVERFLOW=max_overflow
     )
+    mp = entry_from_environ(environ)
     if config in MULTIPOOL_CONFIGS:
         return mp
     entry = stock_entry(mp, vendor)
@@ -580,6 +591,19 @@ def config_entry(
     else:
         raise ValueError(f"unknown configuration {config!r}")
     return entry
+
+
+def config_environ(
+    config: str, server: Any, *, user: str, tls: str, database: str, threads: int,
+    max_overflow: int = 5,
+) -> dict[str, str] | None:
+    """The environment variables behind a multipool configuration's entry (None for
+    the others): what a worker running another multipool reads again."""
+    if config not in MULTIPOOL_CONFIGS:
+        return None
+    return multipool_environ(
+        server, user=user, tls=tls, database=database, POOL_SIZE=threads, MAX_OVERFLOW=max_overflow
+    )
 
 
 def database_name(config: str) -> str:

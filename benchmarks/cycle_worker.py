@@ -33,7 +33,13 @@ import time
 import traceback
 from typing import Any
 
-from benchmarks.common import BENCH_ROWS, BENCH_TABLE, MULTIPOOL_CONFIGS, configure_django
+from benchmarks.common import (
+    BENCH_ROWS,
+    BENCH_TABLE,
+    MULTIPOOL_CONFIGS,
+    configure_django,
+    entry_from_environ,
+)
 
 SQL = f"SELECT name FROM {BENCH_TABLE} WHERE id = %s"
 
@@ -240,7 +246,9 @@ def main() -> int:
     counter = ConnectCounter()
     counter.install(setup["vendor"])
 
-    configure_django({"default": setup["entry"]})
+    environ = setup.get("environ")
+    entry = setup["entry"] if environ is None else entry_from_environ(environ)
+    configure_django({"default": entry})
     bench = Bench(int(setup["threads"]), float(setup.get("view_us", 0)))
     import multipool
 

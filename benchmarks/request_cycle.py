@@ -63,6 +63,7 @@ from benchmarks.common import (
     available_configs,
     balanced_orders,
     config_entry,
+    config_environ,
     connections_counter,
     create_bench_database,
     database_name,
@@ -110,6 +111,7 @@ class Worker:
         view_us: float = 0,
         cpus: frozenset[int] | None = None,
         code_dir: Path | None = None,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         self.config = config
         self.proc = subprocess.Popen(
@@ -129,6 +131,8 @@ class Worker:
             "config": config,
             "vendor": vendor,
             "entry": dict(entry),
+            # multipool's configurations: the worker reads these with its own multipool
+            "environ": None if environ is None else dict(environ),
             "threads": threads,
             "view_us": view_us,
         })
@@ -365,6 +369,10 @@ def run_group(
                     workers[config] = Worker(
                         config, engine, entry, threads, view_us, cpus=client_cpus,
                         code_dir=baseline_code if config == "multipool_baseline" else None,
+                        environ=config_environ(
+                            config, server, user=user, tls=tls, database=databases[config],
+                            threads=threads, max_overflow=max_overflow,
+                        ),
                     )
                 for config, worker in workers.items():
                     code[config] = worker.ready().get("multipool")

@@ -244,7 +244,7 @@ def test_config_shows_every_alias_without_password(cli: Callable[..., Result], s
 
     assert set(default["pool"]) == set(PoolSpec.__dataclass_fields__)
     assert default["pool"]["reset"] == "transaction"
-    assert default["pool"]["poll_idle"] == 0.0
+    assert default["pool"]["poll_idle"] == 0.001
     assert default["pool"]["overflow_idle"] == 30.0
     assert default["tls"]["mode"] == "verify-full"
     assert default["tls"]["client_cert"] is False

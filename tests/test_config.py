@@ -51,7 +51,7 @@ POOL_DEFAULTS = {
     "pool_recycle": None,
     "pool_pre_ping": False,
     "pool_ping_idle": 30.0,
-    "pool_poll_idle": 0.0,
+    "pool_poll_idle": 0.001,
     "pool_overflow_idle": 30.0,
     "pool_lifo": True,
     "pool_reset": "transaction",

@@ -41,7 +41,7 @@ class PoolSpec:
     recycle: float | None = None  # seconds; None = never
     pre_ping: bool = False  # ping on every checkout
     ping_idle: float = 30.0  # ping connections idle longer than this many seconds
-    poll_idle: float = 0.0  # poll the socket of connections idle at least this long
+    poll_idle: float = 0.001  # poll the socket of connections idle at least this long
     overflow_idle: float = 30.0  # close a surplus connection idle this long; 0 = on return
     lifo: bool = True
     reset: str = "transaction"  # "transaction" | "session" (see POOL_RESETS)
