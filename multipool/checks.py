@@ -9,11 +9,15 @@ Every check has a stable id (see ``docs/checks.md``)::
     multipool.E004  certificates do not fit (key/certificate mismatch, wrong CA)
     multipool.E005  certificate expired or not yet valid
     multipool.E006  replica settings name an alias that is not in DATABASES
+    multipool.E007  (DATABASE_STRICT) W006 as an error
+    multipool.E008  (DATABASE_STRICT) W007 as an error
     multipool.W001  certificate expires within 30 days
     multipool.W002  other TLS warning (unused passphrase, ignored files, unknown issuer)
     multipool.W003  CONN_MAX_AGE is not 0 on a pooled alias: pooling does nothing
     multipool.W004  alias not pooled (stock ENGINE) while other aliases are
     multipool.W005  PrimaryReplicaRouter configured but no alias has replicas
+    multipool.W006  a variable with a multipool prefix that multipool does not read
+    multipool.W007  a variable of an alias nobody declared
     multipool.W101  (deploy) weak TLS mode on a network database
     multipool.W102  (deploy) password written in settings instead of the environment
     multipool.W103  (deploy) MySQL: a CA is set, but the host name is not verified
@@ -38,6 +42,7 @@ from django.core.checks import CheckMessage, Error, Tags, Warning, register
 
 from multipool.backends.verification import chain_verified, host_name_verified
 from multipool.config import DatabaseSpec, spec_from_settings
+from multipool.config.entries import problem_from_record
 from multipool.errors import (
     CertificateDateError,
     CertificateError,
@@ -71,11 +76,15 @@ CHECK_IDS: Mapping[str, str] = {
     "multipool.E004": "certificates do not fit together",
     "multipool.E005": "certificate expired or not yet valid",
     "multipool.E006": "replica settings name an unknown alias",
+    "multipool.E007": "unknown multipool variable (DATABASE_STRICT)",
+    "multipool.E008": "variable of an undeclared alias (DATABASE_STRICT)",
     "multipool.W001": f"certificate expires within {EXPIRY_WARNING_DAYS} days",
     "multipool.W002": "TLS setting probably not as intended",
     "multipool.W003": "CONN_MAX_AGE is not 0 on a pooled alias",
     "multipool.W004": "alias not pooled while others are",
     "multipool.W005": "PrimaryReplicaRouter without replicas",
+    "multipool.W006": "unknown multipool variable",
+    "multipool.W007": "variable of an undeclared alias",
     "multipool.W101": "weak TLS mode (deploy)",
     "multipool.W102": "password written in settings (deploy)",
     "multipool.W103": "MySQL CA without host name verification (deploy)",
@@ -205,7 +214,49 @@ def _check_databases(
         messages += _replica_errors(alias, spec, databases)
     messages += _unpooled_warnings(databases)
     messages += _router_warnings(databases, routers)
+    messages += _stray_messages(databases)
     return messages
+
+
+def _stray_messages(databases: Mapping[str, Any]) -> list[CheckMessage]:
+    """W006/W007 (E007/E008 with ``DATABASE_STRICT``): variables that look like
+    multipool's and are not read, as :func:`multipool.databases` recorded them."""
+    messages: list[CheckMessage] = []
+    for alias, entry in databases.items():
+        meta = entry.get("MULTIPOOL") if isinstance(entry, Mapping) else None
+        if not isinstance(meta, Mapping):
+            continue
+        if isinstance(meta.get("strict_problem"), Mapping):
+            messages.append(_from_error(alias, problem_from_record(meta["strict_problem"])))
+        for stray in meta.get("strays") or ():
+            messages.append(_stray_message(alias, stray))
+    return messages
+
+
+def _stray_message(alias: str, stray: Mapping[str, Any]) -> CheckMessage:
+    variable, owner = stray.get("variable"), stray.get("alias")
+    unknown, strict = stray.get("kind") == "unknown", bool(stray.get("strict"))
+    level = Error if strict else Warning
+    if strict:
+        check_id = "multipool.E007" if unknown else "multipool.E008"
+    else:
+        check_id = "multipool.W006" if unknown else "multipool.W007"
+    if unknown:
+        suggestion = stray.get("suggestion")
+        return level(
+            f"{variable}: multipool reads no variable of this name; it is ignored",
+            hint=(f"did you mean {suggestion}? Rename it" if suggestion else
+                  "remove it, or use a name from docs/configuration.md"),
+            obj=_obj(alias),
+            id=check_id,
+        )
+    return level(
+        f"{variable}: the alias {owner!r} is not declared, so this variable is ignored",
+        hint=(f"add {owner} to DATABASE_ALIASES (a primary) or to a primary's "
+              "*_DATABASE_REPLICAS (a replica), or remove the variable"),
+        obj="environment",
+        id=check_id,
+    )
 
 
 def _tls_messages(alias: str, spec: DatabaseSpec, now: Any) -> list[CheckMessage]:

@@ -118,14 +118,35 @@ def _one_of(*choices: str) -> Callable[[Any], Any]:
     return check
 
 
+#: the largest value a C int holds: libpq and mysqlclient refuse more
+_INT_MAX = 2**31 - 1
+
+def _client_flags(value: Any) -> int:
+    """A mask of mysqlclient's ``MySQLdb.constants.CLIENT`` flags: the client library
+    refuses a connect with any other bit set."""
+    flags = _whole(0, _INT_MAX)(value)
+    try:
+        from MySQLdb.constants import CLIENT
+    except ImportError:
+        return flags  # no driver: nothing to connect with
+    known = 0
+    for name in dir(CLIENT):
+        if name.isupper():
+            known |= getattr(CLIENT, name)
+    if flags & ~known:
+        raise ValueError(f"{flags} sets bits that are no MySQLdb.constants.CLIENT flag")
+    return flags
+
+
 #: libpq's options with a type libpq checks at connect (its documentation's values)
 _POSTGRESQL_TYPES: Mapping[str, Callable[[Any], Any]] = {
     "port": _whole(1, 65535),
     "keepalives": _flag,
-    "keepalives_idle": _whole(0),
-    "keepalives_interval": _whole(0),
-    "keepalives_count": _whole(0),
-    "tcp_user_timeout": _whole(0),
+    # the kernel's bounds (Linux: setsockopt refuses 0 and more than these)
+    "keepalives_idle": _whole(1, 32767),
+    "keepalives_interval": _whole(1, 32767),
+    "keepalives_count": _whole(1, 127),
+    "tcp_user_timeout": _whole(0, _INT_MAX),
     "sslcompression": _flag,
     "sslsni": _flag,
     "target_session_attrs": _one_of(
@@ -140,9 +161,9 @@ _POSTGRESQL_TYPES: Mapping[str, Callable[[Any], Any]] = {
 #: mysqlclient's connect() arguments that must be whole numbers
 _MYSQL_TYPES: Mapping[str, Callable[[Any], Any]] = {
     "port": _whole(1, 65535),
-    "read_timeout": _whole(0),
-    "write_timeout": _whole(0),
-    "client_flag": _whole(0),
+    "read_timeout": _whole(0, _INT_MAX),
+    "write_timeout": _whole(0, _INT_MAX),
+    "client_flag": _client_flags,
     "compress": _flag,
     "use_unicode": _flag,
     "autocommit": _flag,

@@ -23,7 +23,7 @@ from multipool.config.specs import (
     sort_key,
 )
 from multipool.config.values import as_text, parse_conn_max_age, parse_host, parse_port
-from multipool.errors import ConfigurationError, InvalidPoolSetting
+from multipool.errors import ConfigurationError, InvalidPoolSetting, InvalidTLSSetting
 from multipool.setting_names import SettingNames, short
 from multipool.tls import TLSSpec, check_tls_support
 
@@ -69,7 +69,9 @@ def make_spec(
     ``options`` are the driver options; ``settings`` the setting each field came
     from (see :class:`~multipool.setting_names.SettingNames`).
     """
-    _check_combination(SettingNames(alias, vendor, settings), options, pool)
+    names = SettingNames(alias, vendor, settings)
+    _check_combination(names, options, pool)
+    _check_direct_tls(names, options, tls)
     return DatabaseSpec(
         alias=alias,
         vendor=vendor,
@@ -125,6 +127,20 @@ def _check_combination(names: SettingNames, options: Mapping[str, Any], pool: Po
             "use POOL_RESET=transaction; PgBouncer resets server sessions itself "
             "(server_reset_query)",
         )
+
+
+def _check_direct_tls(names: SettingNames, options: Mapping[str, Any], tls: TLSSpec) -> None:
+    """libpq 17's ``sslnegotiation=direct`` starts TLS at once, with no plain-text
+    fallback, and refuses at connect a TLS mode that would allow one."""
+    if options.get("sslnegotiation") != "direct" or tls.requires_encryption(names.vendor):
+        return
+    raise InvalidTLSSetting(
+        names.alias,
+        names.driver_option("sslnegotiation"),
+        f"sslnegotiation=direct needs a TLS mode that requires encryption, but the mode "
+        f"({names.of('tls_mode')}) is {tls.mode or 'not set (prefer)'}",
+        f"set {names.of('tls_mode')} to verify-full (or require), or remove sslnegotiation",
+    )
 
 
 # -- DATABASES entries ---------------------------------------------------------------------

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from multipool.config.entries import make_spec, unusable_entry
+from multipool.config.entries import make_spec, problem_record, unusable_entry
 from multipool.config.keys import ALIAS_KEYS, DEFAULT_KEY_RE, DEFAULT_URL, ENV_KEYS, env_prefix
 from multipool.config.options import SplitOptions, split_options
 from multipool.config.source import Source
@@ -409,8 +409,9 @@ def _note_strays(entries: dict[str, dict[str, Any]], env: Source) -> None:
     system checks (W006/W007, or E007/E008 with ``DATABASE_STRICT``)."""
     try:
         strict = parse_flag("default", "DATABASE_STRICT", env.get("DATABASE_STRICT") or False)
-    except ConfigurationError:
+    except ConfigurationError as exc:
         strict = True  # a value that is no boolean: the checks say so, strictly
+        entries["default"].setdefault("MULTIPOOL", {})["strict_problem"] = problem_record(exc)
     for stray in stray_variables(env.names(), entries):
         owner = stray.alias if stray.kind == "unknown" else "default"
         meta = entries[owner].setdefault("MULTIPOOL", {})

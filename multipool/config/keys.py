@@ -184,7 +184,7 @@ ENV_KEYS: tuple[EnvKey, ...] = (
     EnvKey(
         "CONNECT_TIMEOUT",
         "connect_timeout",
-        "seconds (number ≥ 1)",
+        "seconds (1 to 86400)",
         "`10`",
         "How long opening one connection may take (TCP, TLS handshake, login) before it "
         "fails with an error naming the alias and the host. A checkout therefore fails "
@@ -193,7 +193,7 @@ ENV_KEYS: tuple[EnvKey, ...] = (
     EnvKey(
         "NETWORK_TIMEOUT",
         "network_timeout",
-        "seconds (number ≥ 0)",
+        "seconds (0 to 86400)",
         "`30`",
         "How long the network to the server may stay silent before a connection counts as "
         "dead: TCP keepalives probe idle connections, and data the server has not "

@@ -54,7 +54,7 @@ def split_options(
         _refuse_key(names, key)
         if key in POOL_OPTION_KEYS:
             setting = names.of(key, names.option(key))
-            pool[key] = (parse_pool_value(names.alias, key, value, setting), setting)
+            pool[key] = (_pool_value(names, key, value, setting), setting)
         elif key in TLS_OPTION_NAMES:
             tls_options[key] = value
         else:
@@ -65,6 +65,18 @@ def split_options(
         names.alias, names.vendor, tls_options, settings=names, base_dir=base_dir
     )
     return SplitOptions(driver, tls, tls_names, pool)
+
+
+def _pool_value(names: SettingNames, key: str, value: Any, setting: str) -> Any:
+    """A pool value; one from a URL's query says which option of the URL it is."""
+    try:
+        return parse_pool_value(names.alias, key, value, setting)
+    except ConfigurationError as exc:
+        if names.written_in is None or setting != names.written_in:
+            raise
+        raise type(exc)(
+            exc.alias, exc.setting, f"option {key} in the URL query: {exc.problem}", exc.fix
+        ) from None
 
 
 def _refuse_key(names: SettingNames, key: Any) -> None:

@@ -127,12 +127,30 @@ def _recycle(alias: str, setting: str, value: Any) -> float | None:
     return number
 
 
+#: the longest CONNECT_TIMEOUT and NETWORK_TIMEOUT: a day. Beyond it a wait is no
+#: bound, and the socket options they become overflow (Linux takes keepalive times
+#: up to 32767 s, TCP_USER_TIMEOUT up to 2**31 - 1 ms)
+LONGEST_TIMEOUT = 86400
+
+
 def _connect_timeout(alias: str, setting: str, value: Any) -> float:
     """Seconds, at least 1 (the drivers count whole seconds; libpq treats 1 as 2)."""
-    fix = "use a number of seconds of at least 1 (10 is the default)"
+    fix = f"use a number of seconds from 1 to {LONGEST_TIMEOUT} (10 is the default)"
     number = _as_float(alias, setting, value, fix)
     if number < 1:
         raise InvalidPoolSetting(alias, setting, f"{number:g} is below 1 second", fix)
+    return _at_most_a_day(alias, setting, number, fix)
+
+
+def _network_timeout(alias: str, setting: str, value: Any) -> float:
+    """Seconds, 0 (the operating system's defaults) up to a day."""
+    fix = f"use a number of seconds from 0 (the system's defaults) to {LONGEST_TIMEOUT}"
+    return _at_most_a_day(alias, setting, _as_float(alias, setting, value, fix), fix)
+
+
+def _at_most_a_day(alias: str, setting: str, number: float, fix: str) -> float:
+    if number > LONGEST_TIMEOUT:
+        raise InvalidPoolSetting(alias, setting, f"{number:g} seconds is more than a day", fix)
     return number
 
 
@@ -181,7 +199,7 @@ _POOL_PARSERS: Mapping[str, Callable[[str, str, Any], Any]] = {
     "pool_reset": _reset,
     "pooler": _pooler,
     "connect_timeout": _connect_timeout,
-    "network_timeout": _seconds,
+    "network_timeout": _network_timeout,
 }
 
 

@@ -56,15 +56,23 @@ def stray_variables(names: Iterable[str], aliases: Iterable[str]) -> list[Stray]
     for name in sorted(set(names)):
         if name in known or not _CANDIDATE.fullmatch(name):
             continue
-        owner = next((alias for prefix, alias in prefixes if name.startswith(prefix)), None)
+        owner = next(((alias, p) for p, alias in prefixes if name.startswith(p)), None)
         if owner is not None:
-            close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
-            found.append(Stray(name, owner, "unknown", close[0] if close else None))
+            alias, prefix = owner
+            found.append(Stray(name, alias, "unknown", _closest(name, prefix, known)))
             continue
         alias, _, suffix = name.rpartition("_DATABASE_")
         if alias and suffix in _SUFFIXES:
             found.append(Stray(name, alias.lower(), "undeclared"))
     return found
+
+
+def _closest(name: str, prefix: str, known: set[str]) -> str | None:
+    """The known variable of the same prefix whose key is closest to ``name``'s
+    (the keys are compared without the prefix, which every candidate shares)."""
+    keys = {other[len(prefix):]: other for other in known if other.startswith(prefix)}
+    close = difflib.get_close_matches(name[len(prefix):], sorted(keys), n=1, cutoff=0.6)
+    return keys[close[0]] if close else None
 
 
 def _known_names(aliases: list[str]) -> set[str]:
