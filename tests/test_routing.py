@@ -34,7 +34,7 @@ from django.urls import path
 
 from multipool.config import databases
 from multipool.errors import ConfigurationError
-from multipool.health import DOWN, LAGGING, PROBE, UP, ReplicaHealth, health
+from multipool.health import DOWN, LAGGING, UP, health
 from multipool.middleware import PinningMiddleware
 from multipool.pools import manager
 from multipool.routers import (
@@ -659,42 +659,6 @@ def test_configuration_mistakes_are_reported_clearly(routing):
         assert router_settings().max_lag == 3.0
 
 
-# -- health bookkeeping (no server) ------------------------------------------------------------
-
-
-def test_back_off_doubles_up_to_the_maximum_and_hands_out_one_probe():
-    now = [100.0]
-    tracker = ReplicaHealth(clock=lambda: now[0])
-    assert tracker.check("r") == UP
-    delays = []
-    for _ in range(6):
-        delays.append(tracker.mark_down("r", OSError("x"), backoff=5, backoff_max=60))
-        assert tracker.check("r") == DOWN
-        now[0] += delays[-1]
-        assert tracker.check("r") == PROBE
-        assert tracker.check("r") == DOWN  # someone else is probing
-    assert delays == [5, 10, 20, 40, 60, 60]
-    tracker.release_probe("r")
-    assert tracker.check("r") == PROBE
-    tracker.mark_up("r")
-    assert tracker.check("r") == UP and tracker.status()["r"].failures == 0
-    # a prober that never reports: the probe is handed out again after the grace period
-    tracker.mark_down("r", "OperationalError", backoff=1, backoff_max=1)
-    now[0] += 1
-    assert tracker.check("r", probe_grace=30) == PROBE
-    now[0] += 31
-    assert tracker.check("r", probe_grace=30) == PROBE
-    # lag
-    assert tracker.lag_due("r", 5) is True and tracker.lag_due("r", 5) is False
-    assert tracker.record_lag("r", 10.0, 5.0) is False
-    tracker.mark_up("r")
-    assert tracker.check("r") == LAGGING
-    now[0] += 5
-    assert tracker.lag_due("r", 5) is True
-    assert tracker.record_lag("r", 0.0, 5.0) is True
-    assert tracker.check("r") == UP
-
-
 # -- middleware ---------------------------------------------------------------------------------
 
 
@@ -787,9 +751,10 @@ def test_middleware_under_the_async_handler(site):
     assert asyncio.run(scenario()) == [replica, primary, primary, primary]
 
 
-def test_middleware_without_pin_seconds_sets_no_cookie(site, tune):
+def test_middleware_without_pin_seconds_or_causal_reads_sets_no_cookie(site, tune):
     primary, replica = site
     tune.MULTIPOOL_PIN_SECONDS = 0
+    tune.MULTIPOOL_CAUSAL_READS = False
     client = Client()
     body = served(client.get("/write/", {"name": marker("nocookie")}))
     assert body["db"] == primary

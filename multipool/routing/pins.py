@@ -2,7 +2,9 @@
 
 A write pins its group for the rest of the pin scope (a request under
 :class:`~multipool.middleware.PinningMiddleware`, or :func:`pin_scope`);
-:func:`pin`, :func:`unpin` and :func:`pinned` do it by hand.
+:func:`pin`, :func:`unpin` and :func:`pinned` do it by hand. A scope may also
+carry *required positions* (causal reads): a read of such a group goes to a
+replica only once it has replayed the position.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from contextvars import ContextVar
 
 from django.db import DEFAULT_DB_ALIAS
 
+from multipool.routing.positions import Position
 from multipool.routing.topology import topology
 
 __all__ = [
@@ -25,6 +28,7 @@ __all__ = [
     "pin_scope",
     "pinned",
     "pinned_now",
+    "required_position",
     "unpin",
 ]
 
@@ -38,18 +42,25 @@ class PinState:
     ``pinned``: groups (primary aliases, or :data:`ALL`) whose reads go to the
     primary for the rest of the scope. ``carry``: the groups written to (or
     pinned with :func:`pin`) in this scope -- what the middleware's cookie
-    carries to the next requests. The object is shared by everything running
-    in the scope (threads of ``sync_to_async``, tasks created inside it).
+    carries to the next requests. ``required``: group -> the position a
+    replica must have replayed before it serves this scope's reads (``None``:
+    a position that could not be read; the primary serves them). The object is
+    shared by everything running in the scope (threads of ``sync_to_async``,
+    tasks created inside it).
     """
 
-    __slots__ = ("carry", "pinned")
+    __slots__ = ("carry", "pinned", "required")
 
     def __init__(self) -> None:
         self.pinned: set[str] = set()
         self.carry: set[str] = set()
+        self.required: dict[str, Position | None] = {}
 
     def __repr__(self) -> str:
-        return f"PinState(pinned={sorted(self.pinned)}, carry={sorted(self.carry)})"
+        return (
+            f"PinState(pinned={sorted(self.pinned)}, carry={sorted(self.carry)}, "
+            f"required={ {g: str(p) for g, p in self.required.items()} })"
+        )
 
 
 _scope: ContextVar[PinState | None] = ContextVar("multipool_pin_scope", default=None)
@@ -153,3 +164,12 @@ def note_write(primary: str) -> None:
     assert state is not None
     state.pinned.add(primary)
     state.carry.add(primary)
+
+
+def required_position(primary: str) -> tuple[bool, Position | None]:
+    """``(needed, position)``: whether the current scope requires a position of
+    ``primary``'s group, and which (``None``: unknown, so the primary)."""
+    state = _scope.get()
+    if state is None or primary not in state.required:
+        return False, None
+    return True, state.required[primary]

@@ -26,13 +26,21 @@ class RouterSettings:
     """The router's Django settings, parsed (see ``docs/routing.md``)."""
 
     strategy: str = "round-robin"  # MULTIPOOL_READ_STRATEGY
-    backoff: float = 5.0  # MULTIPOOL_REPLICA_BACKOFF
-    backoff_max: float = 60.0  # MULTIPOOL_REPLICA_BACKOFF_MAX
+    backoff: float = 1.0  # MULTIPOOL_REPLICA_BACKOFF
+    backoff_max: float = 5.0  # MULTIPOOL_REPLICA_BACKOFF_MAX
     max_lag: float | None = None  # MULTIPOOL_REPLICA_MAX_LAG
     lag_interval: float = 5.0  # MULTIPOOL_REPLICA_LAG_INTERVAL
+    position_interval: float = 0.25  # MULTIPOOL_REPLICA_POSITION_INTERVAL
+    causal_reads: bool = True  # MULTIPOOL_CAUSAL_READS
+    causal_max_age: float = 60.0  # MULTIPOOL_CAUSAL_MAX_AGE
     pin_seconds: float = 0.0  # MULTIPOOL_PIN_SECONDS
     pin_cookie: str = "multipool_pin"  # MULTIPOOL_PIN_COOKIE
     pin_unsafe_methods: bool = True  # MULTIPOOL_PIN_UNSAFE_METHODS
+
+    @property
+    def carries_positions(self) -> bool:
+        """Whether the middleware's cookie carries positions (else a time pin, or nothing)."""
+        return self.causal_reads and self.pin_seconds <= 0
 
 
 _SETTING_NAMES: tuple[tuple[str, str], ...] = (
@@ -41,6 +49,9 @@ _SETTING_NAMES: tuple[tuple[str, str], ...] = (
     ("backoff_max", "MULTIPOOL_REPLICA_BACKOFF_MAX"),
     ("max_lag", "MULTIPOOL_REPLICA_MAX_LAG"),
     ("lag_interval", "MULTIPOOL_REPLICA_LAG_INTERVAL"),
+    ("position_interval", "MULTIPOOL_REPLICA_POSITION_INTERVAL"),
+    ("causal_reads", "MULTIPOOL_CAUSAL_READS"),
+    ("causal_max_age", "MULTIPOOL_CAUSAL_MAX_AGE"),
     ("pin_seconds", "MULTIPOOL_PIN_SECONDS"),
     ("pin_cookie", "MULTIPOOL_PIN_COOKIE"),
     ("pin_unsafe_methods", "MULTIPOOL_PIN_UNSAFE_METHODS"),
@@ -97,6 +108,11 @@ def _parse_settings(raw: tuple[Any, ...]) -> RouterSettings:
         backoff_max=backoff_max,
         max_lag=_seconds(names["max_lag"], values["max_lag"], allow_none=True, positive=True),
         lag_interval=_seconds(names["lag_interval"], values["lag_interval"]),
+        position_interval=_seconds(names["position_interval"], values["position_interval"]),
+        causal_reads=bool(values["causal_reads"]),
+        causal_max_age=_seconds(
+            names["causal_max_age"], values["causal_max_age"], positive=True
+        ),
         pin_seconds=_seconds(names["pin_seconds"], values["pin_seconds"]),
         pin_cookie=cookie,
         pin_unsafe_methods=bool(values["pin_unsafe_methods"]),
