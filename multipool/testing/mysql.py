@@ -321,8 +321,10 @@ class LocalMariaDB:
 
     def install(self) -> None:
         installer = _find("mariadb-install-db", "mysql_install_db")
+        self.tmpdir.mkdir(exist_ok=True)
         args = [
-            installer, "--no-defaults", f"--datadir={self.data}",
+            # its own temporary directory: concurrent installs in /tmp collide
+            installer, "--no-defaults", f"--datadir={self.data}", f"--tmpdir={self.tmpdir}",
             "--auth-root-authentication-method=normal", "--skip-test-db", "--skip-name-resolve",
         ]
         if os.geteuid() == 0:
