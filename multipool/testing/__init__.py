@@ -1,9 +1,10 @@
 """Test support: real TLS database servers for pytest, benchmarks and scripts.
 
-pytest (the plugin is registered as the ``multipool`` entry point) gets three
-session-scoped fixtures, ``postgres_server``, ``mysql_server`` and
+pytest (the plugin is registered as the ``multipool`` entry point) gets
+session-scoped fixtures, among them ``postgres_server``, ``mysql_server``,
 ``postgres_replica`` (a streaming replica of ``postgres_server``, see
-:mod:`multipool.testing.replica`). Without pytest::
+:mod:`multipool.testing.replica`) and ``mysql_replica`` (a MariaDB GTID replica of
+``mysql_server``, see :mod:`multipool.testing.mysql_replica`). Without pytest::
 
     from multipool.testing import start_postgres
     with start_postgres() as pg:              # close() on exit
@@ -32,7 +33,7 @@ Backends, tried in this order for each engine:
 Modules, each importing only those listed before it: ``servers`` (base classes
 and helpers), ``postgres`` and ``mysql`` (the servers, their users, local
 binaries), ``containers``, ``external``, ``start`` (picks the backend),
-``replica``, ``pgbouncer_process`` and ``pgbouncer``, ``plugin`` (pytest).
+``replica``, ``mysql_replica``, ``pgbouncer_process`` and ``pgbouncer``, ``plugin`` (pytest).
 
 Environment variables:
 
@@ -62,6 +63,8 @@ Environment variables:
 """
 
 from multipool.testing.mysql import MySQLServer
+from multipool.testing.mysql_replica import MySQLReplica
+from multipool.testing.mysql_replica import start_replica as start_mysql_replica
 from multipool.testing.pgbouncer import PgBouncerServer, start_pgbouncer
 from multipool.testing.postgres import PostgresServer
 from multipool.testing.replica import PostgresReplica
@@ -77,6 +80,7 @@ from multipool.testing.start import start_mysql, start_postgres
 
 __all__ = [
     "STARTUP_LOG",
+    "MySQLReplica",
     "MySQLServer",
     "PgBouncerServer",
     "PostgresReplica",
@@ -86,6 +90,7 @@ __all__ = [
     "TestServer",
     "TestUser",
     "start_mysql",
+    "start_mysql_replica",
     "start_pgbouncer",
     "start_postgres",
     "start_postgres_replica",

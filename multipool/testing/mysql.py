@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import time
@@ -57,6 +58,20 @@ SERVER_OPTIONS = (
     "--character-set-server=utf8mb4",
     "--collation-server=utf8mb4_unicode_ci",
     "--performance-schema=OFF",
+)
+
+#: Local MariaDB servers write a binary log with GTIDs, so that a replica
+#: (:mod:`multipool.testing.mysql_replica`) can follow them; each server adds its own
+#: ``--server-id``. Files older than a day are purged when one fills up (64 MB). With a
+#: binary log, users without SUPER may create functions and triggers only with
+#: ``log_bin_trust_function_creators``.
+BINLOG_OPTIONS = (
+    "--log-bin=mariadb-bin",
+    "--binlog-format=ROW",
+    "--gtid-strict-mode=ON",
+    "--binlog-expire-logs-seconds=86400",
+    "--max-binlog-size=64M",
+    "--log-bin-trust-function-creators=ON",
 )
 
 
@@ -309,6 +324,10 @@ class LocalMariaDB:
         self.tmpdir = base / "tmp"
         self.mysqld = os.environ.get("MULTIPOOL_TEST_MYSQLD") or _find("mariadbd", "mysqld")
         self.port = 0
+        #: unique among the servers of one replication setup (the primary is not its replica)
+        self.server_id = secrets.randbelow(2**31 - 2) + 1
+        #: more ``mariadbd`` options (a replica's)
+        self.extra_options: tuple[str, ...] = ()
         self.certs: CertPaths | None = None
         self.process: subprocess.Popen[bytes] | None = None
         self._output: IO[bytes] | None = None
@@ -344,7 +363,8 @@ class LocalMariaDB:
             self.mysqld, "--no-defaults", f"--datadir={self.data}", f"--port={self.port}",
             "--bind-address=127.0.0.1", f"--socket={self.socket}",
             f"--pid-file={self.base / 'mysqld.pid'}", f"--log-error={self.error_log}",
-            f"--tmpdir={self.tmpdir}", *SERVER_OPTIONS,
+            f"--tmpdir={self.tmpdir}", *SERVER_OPTIONS, *BINLOG_OPTIONS,
+            f"--server-id={self.server_id}", *self.extra_options,
         ]
         if self.tls:
             args += [
@@ -423,7 +443,20 @@ class LocalMariaDB:
                 remove_tree(self.base)
 
 
-def _drop_default_accounts(conn: Any) -> None:
+def start_on_free_port(controller: LocalMariaDB) -> None:
+    """Start ``controller`` on a free port of 127.0.0.1 (two more tries if the port is
+    taken meanwhile)."""
+    for attempt in range(3):
+        controller.port = free_port()
+        try:
+            controller.start()
+            return
+        except ServerStartError as exc:
+            if attempt == 2 or "Address already in use" not in str(exc):
+                raise
+
+
+def drop_default_accounts(conn: Any) -> None:
     """Remove the password-less TCP root accounts and anonymous users the installer made
     (root@localhost stays: it only works over our private unix socket)."""
     with contextlib.closing(conn.cursor()) as cur:
@@ -450,20 +483,13 @@ def start_local(
         os.chmod(base, 0o700)
         controller.certs = certs = generate_dev_certs(base / "certs", clients=CLIENT_CERT_USERS)
         controller.install()
-        for attempt in range(3):
-            controller.port = free_port()
-            try:
-                controller.start()
-                break
-            except ServerStartError as exc:
-                if attempt == 2 or "Address already in use" not in str(exc):
-                    raise
+        start_on_free_port(controller)
         admin_password = new_password()
         users = default_users()
         with contextlib.closing(
             MySQLdb.connect(unix_socket=str(controller.socket), user="root", autocommit=True)
         ) as conn:
-            _drop_default_accounts(conn)
+            drop_default_accounts(conn)
             bootstrap(conn, users=users, database="multipool",
                       admin_user=ADMIN_USER, admin_password=admin_password)
         server = MySQLServer(

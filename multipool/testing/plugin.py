@@ -1,11 +1,11 @@
 """pytest plugin: real database servers for tests (see :mod:`multipool.testing`).
 
 Fixtures (session scope): ``postgres_server``, ``mysql_server``,
-``postgres_replica`` (a streaming replica of ``postgres_server``) and
-``postgres_server_without_tls`` / ``mysql_server_without_tls`` (TLS off). Tests using
-them get the ``postgresql`` / ``mysql`` marker automatically. When a server cannot
-be started the tests needing it are skipped with the reason, or fail with it when
-``CI=true``.
+``postgres_replica`` (a streaming replica of ``postgres_server``), ``mysql_replica``
+(a MariaDB GTID replica of ``mysql_server``) and ``postgres_server_without_tls`` /
+``mysql_server_without_tls`` (TLS off). Tests using them get the ``postgresql`` /
+``mysql`` marker automatically. When a server cannot be started the tests needing it
+are skipped with the reason, or fail with it when ``CI=true``.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from multipool.testing.start import start_mysql, start_postgres
 
 if TYPE_CHECKING:
     from multipool.testing.mysql import MySQLServer
+    from multipool.testing.mysql_replica import MySQLReplica
     from multipool.testing.postgres import PostgresServer
     from multipool.testing.replica import PostgresReplica
 
@@ -30,6 +31,7 @@ _MARKERS = {
     "postgres_server": "postgresql",
     "postgres_replica": "postgresql",
     "mysql_server": "mysql",
+    "mysql_replica": "mysql",
     "postgres_server_without_tls": "postgresql",
     "mysql_server_without_tls": "mysql",
 }
@@ -112,6 +114,17 @@ def postgres_replica(postgres_server: PostgresServer) -> Iterator[PostgresReplic
     from multipool.testing.replica import start_replica
 
     yield from _server("PostgreSQL replica", lambda: start_replica(postgres_server))
+
+
+@pytest.fixture(scope="session")
+def mysql_replica(mysql_server: MySQLServer) -> Iterator[MySQLReplica]:
+    """A MariaDB GTID replica of ``mysql_server`` (:class:`multipool.testing.MySQLReplica`).
+
+    Stopped and removed (its replication user dropped) at the end of the session.
+    """
+    from multipool.testing.mysql_replica import start_replica
+
+    yield from _server("MariaDB replica", lambda: start_replica(mysql_server))
 
 
 # -- PgBouncer ------------------------------------------------------------------------------

@@ -28,7 +28,6 @@ directory). The local PostgreSQL binaries must have the primary's major version.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 import re
@@ -37,7 +36,7 @@ import shutil
 import time
 from pathlib import Path
 
-from multipool.certs import CertPaths, generate_dev_certs
+from multipool.certs import CertPaths
 from multipool.testing.postgres import (
     CLIENT_CERT_USERS,
     LocalPostgres,
@@ -50,6 +49,7 @@ from multipool.testing.servers import (
     ServerStartError,
     free_port,
     make_workdir,
+    replica_certs,
     tail,
 )
 
@@ -191,28 +191,6 @@ def _local_major(controller: LocalPostgres) -> int:
     return int(match.group(1))
 
 
-def _replica_certs(primary: PostgresServer, directory: Path) -> tuple[CertPaths, CertPaths]:
-    """``(server_side, client_side)``: TLS files the replica serves, and what clients use."""
-    source = primary.certs
-    if source.server_cert.is_file() and source.server_key.is_file():
-        directory.mkdir(mode=0o700)
-        server = dataclasses.replace(
-            source,
-            directory=directory,
-            ca_cert=directory / "ca.crt",
-            server_cert=directory / "server.crt",
-            server_key=directory / "server.key",
-        )
-        shutil.copyfile(source.ca_cert, server.ca_cert)
-        shutil.copyfile(source.server_cert, server.server_cert)
-        shutil.copyfile(source.server_key, server.server_key)
-        os.chmod(server.server_key, 0o600)
-        return server, source
-    # No server key (an external primary): a bundle of our own, with client certificates.
-    own = generate_dev_certs(directory, clients=CLIENT_CERT_USERS)
-    return own, own
-
-
 def start_replica(
     primary: PostgresServer,
     workdir: str | os.PathLike[str] | None = None,
@@ -230,7 +208,9 @@ def start_replica(
     replica: PostgresReplica | None = None
     try:
         os.chmod(base, 0o700)
-        server_certs, client_certs = _replica_certs(primary, base / "certs")
+        server_certs, client_certs = replica_certs(
+            primary.certs, base / "certs", CLIENT_CERT_USERS
+        )
         controller.socket_dir.mkdir(mode=0o700)
         controller.chown(server_certs)
         _check_major_version(controller, primary)

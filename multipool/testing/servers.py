@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import logging
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 from urllib.parse import quote, urlencode
 
-from multipool.certs import CertPaths
+from multipool.certs import CertPaths, generate_dev_certs
 
 __all__ = [
     "ENV_BACKEND",
@@ -478,3 +479,28 @@ def poll(
         if time.monotonic() >= deadline:
             raise ServerStartError(f"not ready after {timeout:.0f}s")
         time.sleep(interval)
+
+
+def replica_certs(
+    source: CertPaths, directory: Path, clients: tuple[str, ...] = ("certuser", "app")
+) -> tuple[CertPaths, CertPaths]:
+    """``(server_side, client_side)``: the TLS files a replica serves, and what its
+    clients use. A copy of the primary's files when its server key is at hand (the same
+    CA: every URL and client certificate of the primary works on the replica); else (an
+    external primary) a bundle of the replica's own, with certificates for ``clients``."""
+    if source.server_cert.is_file() and source.server_key.is_file():
+        directory.mkdir(mode=0o700)
+        server = dataclasses.replace(
+            source,
+            directory=directory,
+            ca_cert=directory / "ca.crt",
+            server_cert=directory / "server.crt",
+            server_key=directory / "server.key",
+        )
+        shutil.copyfile(source.ca_cert, server.ca_cert)
+        shutil.copyfile(source.server_cert, server.server_cert)
+        shutil.copyfile(source.server_key, server.server_key)
+        os.chmod(server.server_key, 0o600)
+        return server, source
+    own = generate_dev_certs(directory, clients=clients)
+    return own, own
