@@ -1,10 +1,11 @@
 """Causal reads: a client reads its own writes, from a replica as soon as the replica
 has them, and from the primary until then -- with the middleware alone.
 
-A real primary and its streaming replica over TLS, Django's test clients going
-through ``PinningMiddleware``. Replay is paused on the replica to make it lag
-for as long as a test needs: the writer must see its write every time, while
-another client provably reads the (stale) replica.
+A real primary and its replica over TLS, on both engines (PostgreSQL streaming
+replication, MariaDB GTID replication), Django's test clients going through
+``PinningMiddleware``. Replay is paused on the replica to make it lag for as
+long as a test needs: the writer must see its write every time, while another
+client provably reads the (stale) replica.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from tests.project.testapp.models import Item
 from tests.test_routing import (  # noqa: F401 - fixtures
     make_group,
     marker,
-    pg_group,
     routing,
     wait_until,
 )
@@ -37,11 +37,19 @@ from tests.test_routing import (  # noqa: F401 - fixtures
 pytestmark = pytest.mark.timeout(120)
 
 COOKIE = "multipool_pin"
+#: whether the server is a replica, per engine (the group's engine is set by ``site``)
+STANDBY_SQL = {
+    "postgresql": "SELECT 1 AS id, pg_is_in_recovery() AS standby",
+    "mysql": "SELECT 1 AS id, @@read_only AS standby",
+}
+#: the query that reads a primary's position, per engine
+POSITION_SQL = {"postgresql": "pg_current_wal_insert_lsn", "mysql": "gtid_binlog_pos"}
+ENGINE: list[str] = ["postgresql"]
 
 
 def answered_by() -> dict[str, Any]:
     """Which alias the ORM read from, and whether that server is a standby."""
-    row = next(iter(Item.objects.raw("SELECT 1 AS id, pg_is_in_recovery() AS standby")))
+    row = next(iter(Item.objects.raw(STANDBY_SQL[ENGINE[0]])))
     return {"db": row._state.db, "standby": bool(row.standby)}
 
 
@@ -62,22 +70,48 @@ def _read(request: HttpRequest) -> JsonResponse:
 urlpatterns = [path("write/", _write), path("count/", _count), path("read/", _read)]
 
 
+@pytest.fixture(params=["postgresql", "mysql"])
+def engine(request: pytest.FixtureRequest) -> tuple[str, Any, Any]:
+    """``(engine, primary server, replica server)``."""
+    if request.param == "postgresql":
+        servers = ("postgres_server", "postgres_replica")
+    else:
+        servers = ("mysql_server", "mysql_replica")
+    primary, replica = (request.getfixturevalue(name) for name in servers)
+    return request.param, primary, replica
+
+
 @pytest.fixture
-def site(pg_group: tuple[str, str]) -> Iterator[tuple[str, str]]:  # noqa: F811
+def site(
+    engine: tuple[str, Any, Any], make_group: Any, routing: None  # noqa: F811
+) -> Iterator[tuple[str, str]]:
+    name, primary_server, replica_server = engine
+    primary, (replica,) = make_group(
+        primary_server.url(), [replica_server.url()], prefix=name[:2], POOL_SIZE="3"
+    )
+    replica_server.wait_for_replay()  # the Item table exists on the replica too
+    ENGINE[0] = name
     with override_settings(
-        ROOT_URLCONF=__name__, MIDDLEWARE=["multipool.middleware.PinningMiddleware"]
+        MULTIPOOL_ROUTES={"testapp": primary},
+        ROOT_URLCONF=__name__,
+        MIDDLEWARE=["multipool.middleware.PinningMiddleware"],
     ):
-        yield pg_group
+        yield primary, replica
 
 
 @pytest.fixture
-def paused(postgres_replica: Any) -> Iterator[Any]:
-    postgres_replica.pause_replay()
+def replica_server(engine: tuple[str, Any, Any]) -> Any:
+    return engine[2]
+
+
+@pytest.fixture
+def paused(site: tuple[str, str], replica_server: Any) -> Iterator[Any]:
+    replica_server.pause_replay()
     try:
-        yield postgres_replica
+        yield replica_server
     finally:
-        postgres_replica.resume_replay()
-        postgres_replica.wait_for_replay()
+        replica_server.resume_replay()
+        replica_server.wait_for_replay()
 
 
 def served(response: HttpResponse) -> dict[str, Any]:
@@ -114,17 +148,17 @@ def test_the_writer_reads_its_write_while_others_read_the_lagging_replica(
 
 
 def test_reads_return_to_the_replica_as_soon_as_it_has_replayed_the_write(
-    site: tuple[str, str], postgres_replica: Any
+    site: tuple[str, str], replica_server: Any
 ) -> None:
     primary, replica = site
     writer = Client()
     name = marker("resume")
-    postgres_replica.pause_replay()
+    replica_server.pause_replay()
     try:
         served(writer.post("/write/", {"name": name}))
         assert served(writer.get("/count/", {"name": name}))["db"] == primary
     finally:
-        postgres_replica.resume_replay()
+        replica_server.resume_replay()
     resumed = time.monotonic()
 
     def on_the_replica() -> dict[str, Any] | None:
@@ -158,7 +192,7 @@ def test_a_request_that_wrote_reads_the_primarys_position_once(site: tuple[str, 
     client = Client()
     with CaptureQueriesContext(connections[primary]) as on_primary:
         served(client.post("/write/", {"name": marker("once")}))
-    position_reads = [q for q in on_primary if "pg_current_wal_insert_lsn" in q["sql"]]
+    position_reads = [q for q in on_primary if POSITION_SQL[ENGINE[0]] in q["sql"]]
     assert len(position_reads) == 1
 
 

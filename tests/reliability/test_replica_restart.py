@@ -2,7 +2,7 @@
 and return to the replica within seconds of it being ready.
 
 Eight threads read through the router while the replica is stopped and started
-(the real process: its sessions end, its port refuses). Only reads in flight
+(the real process: its sessions end, its port refuses), on both engines. Only reads in flight
 when it went away may fail; every read that starts after that succeeds; and
 once the replica accepts connections again, reads are back on it within 5 s --
 the outage counts once, however many threads saw it fail. With a lag limit, a
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,10 +21,10 @@ import pytest
 
 from multipool.health import UP, health
 from multipool.routing.settings import RouterSettings
+from tests.project.testapp.models import Item
+from tests.test_causal_reads import engine  # noqa: F401 - fixture
 from tests.test_routing import (  # noqa: F401 - fixtures
     make_group,
-    pg_group,
-    pg_read,
     routing,
     tune,
     wait_until,
@@ -33,6 +34,25 @@ from tests.test_routing import (  # noqa: F401 - fixtures
 pytestmark = pytest.mark.timeout(120)
 
 THREADS = 8
+
+
+def read_once() -> str:
+    """One read through the router: the alias that served it."""
+    return next(iter(Item.objects.raw("SELECT 1 AS id")))._state.db
+
+
+@pytest.fixture
+def group(engine: tuple[str, Any, Any], make_group: Any, routing: None) -> Iterator[Any]:  # noqa: F811
+    """``(primary alias, replica alias, replica server)``, the test app routed to it."""
+    from django.test import override_settings
+
+    name, primary_server, replica_server = engine
+    primary, (replica,) = make_group(
+        primary_server.url(), [replica_server.url()], prefix=name[:2], POOL_SIZE="3"
+    )
+    replica_server.wait_for_replay()
+    with override_settings(MULTIPOOL_ROUTES={"testapp": primary}):
+        yield primary, replica, replica_server
 
 
 @dataclass
@@ -57,7 +77,7 @@ class Readers:
             started = time.monotonic()
             try:
                 with web_request():
-                    alias, _ = pg_read()
+                    alias = read_once()
                 read = Read(started, time.monotonic(), alias, None)
             except Exception as exc:  # a failed request
                 read = Read(started, time.monotonic(), None, type(exc).__name__)
@@ -85,21 +105,21 @@ class Readers:
 
 
 def test_reads_leave_a_stopped_replica_and_come_back_within_seconds(
-    pg_group: tuple[str, str], postgres_replica: Any, tune: Any  # noqa: F811
+    group: Any, tune: Any  # noqa: F811
 ) -> None:
     """With the default back-off settings."""
-    primary, replica = pg_group
+    primary, replica, replica_server = group
     tune.MULTIPOOL_REPLICA_BACKOFF = RouterSettings.backoff  # the fixture shortens them
     tune.MULTIPOOL_REPLICA_BACKOFF_MAX = RouterSettings.backoff_max
     with Readers() as readers:
         wait_until(lambda: readers.first_on(replica, 0.0) is not None)
-        postgres_replica.stop()
+        replica_server.stop()
         stopped = time.monotonic()
         wait_until(lambda: readers.first_on(primary, stopped) is not None)
         time.sleep(3.0)  # the outage lasts several back-offs (a duration, not a wait)
         status = health.status()[replica]
         assert status.state != UP and status.failures <= 3  # outages, not threads
-        postgres_replica.start()  # returns once the replica accepts connections
+        replica_server.start()  # returns once the replica accepts connections
         ready = time.monotonic()
         back = wait_until(lambda: readers.first_on(replica, ready), timeout=10)
     reads = readers.snapshot()
@@ -108,26 +128,26 @@ def test_reads_leave_a_stopped_replica_and_come_back_within_seconds(
     assert len(failed) <= THREADS
     assert back - ready <= 5.0, back - ready
     assert len(reads) > 200  # the load really ran
-    postgres_replica.wait_for_replay()
+    replica_server.wait_for_replay()
 
 
 def test_a_replica_restarted_under_an_idle_primary_is_not_taken_for_lagging(
-    pg_group: tuple[str, str], postgres_replica: Any, tune: Any  # noqa: F811
+    group: Any, tune: Any  # noqa: F811
 ) -> None:
     """The primary writes nothing: the replica's position equals the primary's, so its
     lag is 0 however long ago the last commit was."""
-    _primary, replica = pg_group
+    _primary, replica, replica_server = group
     tune.MULTIPOOL_REPLICA_MAX_LAG = 2.0
     tune.MULTIPOOL_REPLICA_LAG_INTERVAL = 0.2
     tune.MULTIPOOL_REPLICA_BACKOFF = 0.5
-    postgres_replica.wait_for_replay()
-    postgres_replica.stop()
+    replica_server.wait_for_replay()
+    replica_server.stop()
     time.sleep(2.5)  # longer than the lag limit, with nothing written (not a sync wait)
-    postgres_replica.start()
+    replica_server.start()
 
     def read_from_replica() -> bool:
         with web_request():
-            return pg_read()[0] == replica
+            return read_once() == replica
 
     wait_until(read_from_replica, timeout=10, interval=0.05)
     # measured again and again over more than the lag limit: never lagging
