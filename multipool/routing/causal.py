@@ -20,7 +20,7 @@ from django.core import signing
 from django.db import connections
 from django.db.utils import Error as DatabaseError
 
-from multipool.health import health
+from multipool.routing.health import health
 from multipool.routing.pins import ALL
 from multipool.routing.positions import Position, parse, primary_position, reached
 from multipool.routing.settings import RouterSettings

@@ -32,8 +32,8 @@ from django.db import connections
 from django.db.utils import Error as DatabaseError
 
 from multipool.errors import PoolTimeout
-from multipool.health import LAGGING, PROBE, UP, health
 from multipool.pools import manager
+from multipool.routing.health import LAGGING, PROBE, UP, health
 from multipool.routing.positions import (
     Position,
     primary_position,
