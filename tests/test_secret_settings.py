@@ -143,6 +143,21 @@ def test_unvalidated_settings_do_not_read_the_password_file(tmp_path: Path) -> N
     assert messages[0].msg.startswith("DATABASE_PASSWORD_FILE: the password file")
 
 
+@pytest.mark.parametrize(
+    "variable, value",
+    [
+        ("DATABASE_PASSWORD_FILE", "Hunter2-the-password-itself"),
+        ("DATABASE_URL_FILE", "postgresql://app:Hunter2-in-a-url@db/app"),
+        ("DATABASE_SSLKEY_FILE", "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7"),
+    ],
+)
+def test_a_secret_given_instead_of_its_file_is_not_shown(variable: str, value: str) -> None:
+    exc = env_error({"DATABASE_URL": PG, variable: value} if variable != "DATABASE_URL_FILE"
+                    else {variable: value})
+    assert exc.setting == variable and "value not shown" in exc.problem
+    assert "Hunter2" not in str(exc) and "MIIEvQ" not in str(exc)
+
+
 # -- DATABASE_URL_FILE -----------------------------------------------------------------------
 
 

@@ -29,7 +29,7 @@ from multipool.config.source import Source
 from multipool.config.specs import SecretSpec
 from multipool.errors import ConfigurationError, SecretFileError, TLSFileError
 from multipool.setting_names import SettingNames
-from multipool.tls.pem import is_pem_text
+from multipool.tls.pem import is_pem_text, looks_like_pem_body
 
 __all__ = [
     "PROVIDER_RE",
@@ -56,6 +56,25 @@ TLS_FILE_FIELDS: Mapping[str, str] = {
 
 def _path(value: Any, base_dir: str) -> str:
     return os.path.abspath(os.path.join(base_dir, os.path.expanduser(str(value).strip())))
+
+
+def _file_path(
+    alias: str, var: str, raw: Any, base_dir: str, error: type[ConfigurationError]
+) -> str:
+    """The absolute path a ``*_FILE`` variable names. A value that is no path of an
+    existing file and looks like the secret itself (a URL, a word without ``/``, a
+    base64 body) is refused without being shown."""
+    text = str(raw).strip()
+    path = _path(text, base_dir)
+    if "://" in text or (
+        ("/" not in text or looks_like_pem_body(text)) and not os.path.exists(path)
+    ):
+        raise error(
+            alias, var, "the value names no existing file (value not shown: is it the "
+            "secret itself?)",
+            f"put the secret in a file and set {var} to its path, e.g. /run/secrets/...",
+        )
+    return path
 
 
 def _conflict(alias: str, file_var: str, other: str, what: str) -> ConfigurationError:
@@ -86,7 +105,7 @@ def alias_url(
         return default, url_var, None
     if url is not None:
         raise _conflict(alias, file_var, url_var, "database URL")
-    path = _path(raw_file, env.base_dir)
+    path = _file_path(alias, file_var, raw_file, env.base_dir, SecretFileError)
     from multipool.secrets.files import read_secret_file, secret_text
 
     read = read_secret_file(alias, file_var, path, "database URL", SecretFileError)
@@ -116,8 +135,13 @@ def secrets_from_env(
         names["password"] = password_var
     elif credentials is not None:
         names["password"] = credentials_var
+    password_file = None
+    if raw_password_file is not None:
+        password_file = _file_path(
+            alias, password_var, raw_password_file, env.base_dir, SecretFileError
+        )
     secrets = SecretSpec(
-        password_file=_path(raw_password_file, env.base_dir) if raw_password_file else None,
+        password_file=password_file,
         url_file=url_file,
         credentials=str(credentials).strip() if credentials is not None else None,
     )
@@ -142,7 +166,7 @@ def tls_file_path(
             alias, file_var, "the value is not a file path (value not shown)",
             f"give PEM text or 'system' in {plain_var}; {file_var} names a file",
         )
-    return _path(text, env.base_dir)
+    return _file_path(alias, file_var, text, env.base_dir, TLSFileError)
 
 
 def check_secrets(

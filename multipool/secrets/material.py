@@ -31,7 +31,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from multipool.backends.diagnosis import driver_said
-from multipool.errors import ConfigurationError, RotationRefused, ServerUnreachable
+from multipool.errors import (
+    ConfigurationError,
+    RotationRefused,
+    ServerUnreachable,
+    TLSFileError,
+)
 from multipool.notices import first_report
 from multipool.secrets.credentials import Credentials, Login
 from multipool.secrets.tls_files import (
@@ -119,6 +124,9 @@ class Material:
                 return
             self.next_check = now + self.interval
             self._look(now)
+        except Exception:  # never the request's failure: the files in use stay
+            logger.exception("multipool: alias %r: looking at the certificate files failed",
+                             self.spec.alias)
         finally:
             self._check_lock.release()
 
@@ -142,6 +150,9 @@ class Material:
             new = load_tls_files(self.spec, self.paths, generation)
         except ConfigurationError as exc:
             self._hold_back(found, exc, current)
+            return
+        except OSError as exc:  # the copy could not be written (no memfd, no TMPDIR)
+            self._hold_back(found, _copy_error(self.spec, exc), current)
             return
         if new.signatures != current.signatures:  # (else: changed back while we looked)
             self._swap(current, new, retry=held is not None and found == held.signatures)
@@ -302,11 +313,14 @@ class Material:
     def _load_first(self) -> None:
         timeout = self.spec.pool.connect_timeout
         if not self._lock.acquire(timeout=timeout):  # pragma: no cover - a hung file system
-            raise TimeoutError(f"multipool: alias {self.spec.alias!r}: reading the TLS files")
+            raise _copy_error(self.spec, TimeoutError(f"not read within {timeout:g} s"))
         try:
             if self._current is None:
                 # A problem here is the alias's settings problem: raised, nothing to fall back on.
-                self._current = load_tls_files(self.spec, self.paths, 1)
+                try:
+                    self._current = load_tls_files(self.spec, self.paths, 1)
+                except OSError as exc:
+                    raise _copy_error(self.spec, exc) from None
                 self._generations = self.generation = 1
                 self.next_check = time.monotonic() + self.interval
         finally:
@@ -331,6 +345,17 @@ class Material:
         }
         out["credentials"] = self.credentials.status() if self.credentials is not None else None
         return out
+
+
+def _copy_error(spec: DatabaseSpec, exc: BaseException) -> TLSFileError:
+    """The certificate files could be read but not kept (or not read in time)."""
+    settings = ", ".join(spec.setting(f"tls_{name}") for name in watched_paths(spec.tls))
+    reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return TLSFileError(
+        spec.alias, settings or spec.setting("tls_cert"),
+        f"the certificate files cannot be copied for the driver ({reason})",
+        "make the temporary directory writable (TMPDIR); on Linux, allow memfd_create",
+    )
 
 
 def _short(files: TLSFiles) -> str:
