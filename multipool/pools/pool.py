@@ -221,6 +221,7 @@ class AliasPool:
     def _open(self, connect: Connector) -> Lease:
         """A connection from the ``QueuePool`` (an idle one, or a new one) for a slot we hold."""
         self._connecting.connect = connect
+        self._connecting.generation = None
         try:
             # each failed check discards one connection: at worst every idle one
             for _attempt in range(self.spec.pool.size + self.spec.pool.max_overflow + 1):

@@ -118,9 +118,11 @@ def first_certificate(server: Any, directory: Path, subject: str) -> tuple[Clien
     return cert, cert_file, key_file
 
 
-def warm(load: Load, alias: str) -> None:
+def warm(load: Load, alias: str, server: Any, marker: str) -> None:
     load.wait_for_requests(200)
     wait_until(lambda: pool_stats(alias).open == POOL_SIZE, what="a full pool")
+    # (the server lists a new session a moment after the client has it)
+    wait_until(lambda: len(sessions(server, marker)) == POOL_SIZE, what="every session listed")
 
 
 def names(server: Any) -> tuple[str, str]:
@@ -141,7 +143,7 @@ def test_client_certificate_rotated_under_load(server: Any, tmp_path: Path) -> N
     with log_events() as events, cert_alias(
         server, volume.path("tls.crt"), volume.path("tls.key")
     ) as (alias, marker), Load(alias) as load:
-        warm(load, alias)
+        warm(load, alias, server, marker)
         before = sessions(server, marker)
         if pg:
             assert set(before.values()) == {old.serial}
@@ -184,7 +186,7 @@ def test_half_written_rotation_keeps_the_old_files(server: Any, tmp_path: Path) 
     old, cert_file, key_file = first_certificate(server, tmp_path / "tls", "certuser")
     with log_events() as events, cert_alias(server, cert_file, key_file) as (alias, marker):
         with Load(alias) as load:
-            warm(load, alias)
+            warm(load, alias, server, marker)
             before = sessions(server, marker)
             new = client_cert(server_ca(server), "certuser")
             write_now(cert_file, new.cert, 0o644)  # the certificate first ...
@@ -224,7 +226,7 @@ def test_certificate_from_an_untrusted_ca_is_refused_and_the_old_stays(
     with log_events() as events, cert_alias(
         server, volume.path("tls.crt"), volume.path("tls.key")
     ) as (alias, marker), Load(alias) as load:
-        warm(load, alias)
+        warm(load, alias, server, marker)
         before = sessions(server, marker)
         untrusted = client_cert(foreign_ca(), "certuser")
         volume.update({"tls.crt": untrusted.cert, "tls.key": untrusted.key})

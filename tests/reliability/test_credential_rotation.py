@@ -137,6 +137,7 @@ def test_server_changed_first_then_the_file(server: Any, tmp_path: Path) -> None
         with login_alias(server, user, PASSWORD_FILE=str(secret)) as alias, Load(alias) as load:
             load.wait_for_requests(200)
             wait_until(lambda: pool_stats(alias).open == 3)
+            wait_until(lambda: len(server.connection_ids(user=user)) == 3)  # as the server sees
             before = server.connection_ids(user=user)
             set_password(server, user, second)  # the server first ...
             load.wait_for_requests(300)
