@@ -343,7 +343,7 @@ class AliasPool:
         # (checked before a waiter gets it: a pool that always has one still recycles)
         due = self._recycle is not None and self._recycle_due(lease, now)
         with self._lock:
-            if self._waiters and not due and not self.retired:
+            if self._waiters and not due:
                 lease.info[RETURNED_AT] = now
                 self._hand_to_waiter(lease)
                 return False
