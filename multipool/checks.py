@@ -11,6 +11,8 @@ Every check has a stable id (see ``docs/checks.md``)::
     multipool.E006  replica settings name an alias that is not in DATABASES
     multipool.E007  (DATABASE_STRICT) W006 as an error
     multipool.E008  (DATABASE_STRICT) W007 as an error
+    multipool.E009  a password or URL file (*_FILE) is missing, unreadable or empty
+    multipool.E010  the credential provider (DATABASE_CREDENTIALS) cannot be imported
     multipool.W001  certificate expires within 30 days
     multipool.W002  other TLS warning (unused passphrase, ignored files, unknown issuer)
     multipool.W003  CONN_MAX_AGE is not 0 on a pooled alias: pooling does nothing
@@ -47,7 +49,9 @@ from multipool.errors import (
     CertificateDateError,
     CertificateError,
     ConfigurationError,
+    CredentialProviderError,
     InvalidTLSSetting,
+    SecretFileError,
     TLSFileError,
 )
 from multipool.notices import first_report
@@ -78,6 +82,8 @@ CHECK_IDS: Mapping[str, str] = {
     "multipool.E006": "replica settings name an unknown alias",
     "multipool.E007": "unknown multipool variable (DATABASE_STRICT)",
     "multipool.E008": "variable of an undeclared alias (DATABASE_STRICT)",
+    "multipool.E009": "password or URL file cannot be read",
+    "multipool.E010": "credential provider cannot be imported",
     "multipool.W001": f"certificate expires within {EXPIRY_WARNING_DAYS} days",
     "multipool.W002": "TLS setting probably not as intended",
     "multipool.W003": "CONN_MAX_AGE is not 0 on a pooled alias",
@@ -115,6 +121,8 @@ spec_of = spec_from_settings
 _ERROR_IDS: tuple[tuple[type[ConfigurationError], str], ...] = (
     (CertificateDateError, "multipool.E005"),
     (CertificateError, "multipool.E004"),
+    (SecretFileError, "multipool.E009"),
+    (CredentialProviderError, "multipool.E010"),
     (TLSFileError, "multipool.E003"),
     (InvalidTLSSetting, "multipool.E002"),
     (ConfigurationError, "multipool.E001"),
@@ -197,7 +205,7 @@ def check_databases(
     now: Any = None,
     aliases: Iterable[str] | None = None,
 ) -> list[CheckMessage]:
-    """The checks of a ``DATABASES`` dict (and ``DATABASE_ROUTERS``): E001-E006, W001-W005.
+    """The checks of a ``DATABASES`` dict (and ``DATABASE_ROUTERS``): E001-E010, W001-W007.
 
     ``aliases``: report only on these (the others still count, e.g. as replicas).
     """
@@ -210,6 +218,7 @@ def _check_databases(
     specs, messages = _specs(databases, only_multipool=True)
     for alias, spec in specs.items():
         messages += _tls_messages(alias, spec, now)
+        messages += _secret_messages(alias, spec)
         messages += _conn_max_age_warnings(alias, spec)
         messages += _replica_errors(alias, spec, databases)
     messages += _unpooled_warnings(databases)
@@ -268,6 +277,22 @@ def _tls_messages(alias: str, spec: DatabaseSpec, now: Any) -> list[CheckMessage
     except ConfigurationError as exc:
         return [_from_error(alias, exc)]
     return [_tls_warning(alias, m) for m in found]
+
+
+def _secret_messages(alias: str, spec: DatabaseSpec) -> list[CheckMessage]:
+    """E009: a password or URL file that cannot be read; E010: a credential provider
+    that cannot be imported (the checks import it; the settings never do)."""
+    from multipool.config.secret_settings import validate_secrets
+    from multipool.secrets.credentials import load_provider
+
+    secrets = spec.secrets
+    try:
+        validate_secrets(alias, spec.setting_names, secrets)
+        if secrets.credentials is not None:
+            load_provider(alias, spec.setting("credentials"), secrets.credentials)
+    except ConfigurationError as exc:
+        return [_from_error(alias, exc)]
+    return []
 
 
 def _conn_max_age_warnings(alias: str, spec: DatabaseSpec) -> list[CheckMessage]:

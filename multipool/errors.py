@@ -17,12 +17,16 @@ __all__ = [
     "ConfigurationError",
     "ConnectError",
     "ConnectTimeout",
+    "CredentialProviderError",
+    "CredentialsUnavailable",
     "EncryptionRequired",
     "InvalidPoolSetting",
     "InvalidTLSSetting",
     "InvalidURL",
     "MultipoolError",
     "PoolTimeout",
+    "RotationRefused",
+    "SecretFileError",
     "ServerCertificateError",
     "ServerUnreachable",
     "TLSFileError",
@@ -76,6 +80,14 @@ class CertificateDateError(CertificateError):
     """A certificate that is not valid now: expired, or not valid yet."""
 
 
+class SecretFileError(ConfigurationError):
+    """A ``*_FILE`` variable names a file that is missing, unreadable or empty."""
+
+
+class CredentialProviderError(ConfigurationError):
+    """``DATABASE_CREDENTIALS`` names no importable callable."""
+
+
 class ConnectError(MultipoolError, OperationalError):
     """A physical connection failed or was refused for a reason the settings explain.
 
@@ -123,6 +135,16 @@ class ConnectTimeout(ServerUnreachable):
 class AuthenticationFailed(ConnectError):
     """The server refused the login: a wrong password, an unknown user, or an
     account that must connect over TLS. The message never contains the password."""
+
+
+class CredentialsUnavailable(ConnectError):
+    """The credential provider failed, returned something unusable, or did not
+    answer in time when a connection was opened."""
+
+
+class RotationRefused(ConnectError):
+    """The server refused a connection opened with the new certificate files; the
+    previous files stay in use. Logged and shown in the pool status, not raised."""
 
 
 class PoolTimeout(MultipoolError, OperationalError):

@@ -51,6 +51,7 @@ POOL_ATTRIBUTES: Mapping[str, str] = {
     "pooler": "pooler",
     "connect_timeout": "connect_timeout",
     "network_timeout": "network_timeout",
+    "rotation_check": "rotation_check",
 }
 
 #: libpq ``OPTIONS`` key -> TLS field
@@ -187,7 +188,7 @@ class SettingNames:
             spellings = _TLS_SPELLINGS.get(self.vendor, _TLS_SPELLINGS["postgresql"])
             keys = spellings.get(tls_field, (f"ssl_{tls_field}",))
             return f"{base}['OPTIONS']" + "".join(f"[{k!r}]" for k in keys)
-        if canonical in ("replicas", "replica_of"):
+        if canonical in ("replicas", "replica_of", "password_file", "url_file", "credentials"):
             return f"{base}['MULTIPOOL'][{canonical!r}]"
         if canonical in _ENTRY_KEYS.values():
             return f"{base}[{canonical.upper()!r}]"

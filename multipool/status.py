@@ -3,7 +3,9 @@
 Used by ``manage.py multipool_status`` and ``multipool status``; call
 :func:`pool_status` from inside a running web worker (an admin-only view, say)
 to see that worker's pools. Nothing here prints a password: the rows hold
-counters, alias names and vendors only.
+counters, alias names and vendors, and under ``rotation`` the fingerprints and
+dates of the certificates and credentials the alias's connections use
+(:meth:`multipool.secrets.material.Material.status`).
 """
 
 from __future__ import annotations
@@ -31,7 +33,20 @@ _STATS_COLUMNS = (
     ("invalidations", "INVALIDATED"),
     ("pings", "PINGS"),
     ("ping_failures", "PING FAILURES"),
+    ("retired", "RETIRED"),
     ("pending", "WAITING NOW"),
+)
+
+#: the rotation table's columns
+_ROTATION_HEADERS = (
+    "ALIAS",
+    "CLIENT CERT (SHA-256)",
+    "CERT EXPIRES",
+    "CA EXPIRES",
+    "FILES ROTATED",
+    "CREDENTIALS",
+    "CREDENTIALS AGE",
+    "CREDENTIALS ROTATED",
 )
 
 
@@ -86,6 +101,7 @@ def pool_status(databases: Mapping[str, Any] | None = None) -> list[dict[str, An
     ``"not pooled"``.
     """
     from multipool.pools import manager
+    from multipool.secrets import status as rotation_status
 
     if databases is None:
         from django.conf import settings
@@ -103,6 +119,8 @@ def pool_status(databases: Mapping[str, Any] | None = None) -> list[dict[str, An
     for alias, st in stats.items():  # pools of aliases no longer in the settings
         if alias not in databases:
             out.append({**st.as_dict(), "state": "active"})
+    for row in out:
+        row["rotation"] = rotation_status(row["alias"])
     return out
 
 
@@ -114,7 +132,56 @@ def render_pool_status(rows: Sequence[Mapping[str, Any]]) -> str:
             table.append([r["alias"], r["vendor"], r["state"], *(r[k] for k, _ in _STATS_COLUMNS)])
         else:
             table.append([r["alias"], r["vendor"], r["state"], *("" for _ in _STATS_COLUMNS)])
-    return render_table(["ALIAS", "VENDOR", "STATE", *(h for _, h in _STATS_COLUMNS)], table)
+    text = render_table(["ALIAS", "VENDOR", "STATE", *(h for _, h in _STATS_COLUMNS)], table)
+    rotating = [r for r in rows if r.get("rotation")]
+    if rotating:
+        text += "\n\ncertificates and credentials of new connections:\n"
+        text += render_table(_ROTATION_HEADERS, [_rotation_row(r) for r in rotating])
+        for r in rotating:
+            for problem in _rotation_problems(r["rotation"]):
+                text += f"\n{r['alias']}: {problem}"
+    return text
+
+
+def _when(iso: str | None) -> str | None:
+    """An ISO time as ``YYYY-MM-DD HH:MM`` (UTC)."""
+    return None if iso is None else iso[:16].replace("T", " ")
+
+
+def _age(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    return f"{seconds / 60:.0f}m" if seconds < 7200 else f"{seconds / 3600:.1f}h"
+
+
+def _rotation_row(row: Mapping[str, Any]) -> list[Any]:
+    rotation = row["rotation"]
+    cert, ca, login = rotation.get("certificate"), rotation.get("ca"), rotation.get("credentials")
+    return [
+        row["alias"],
+        cert["fingerprint"][:16] if cert else None,
+        _when(cert["expires"]) if cert else None,
+        _when(ca["expires"]) if ca else None,
+        _when(rotation.get("tls_rotated_at")) or ("never" if cert or ca else None),
+        login["source"] if login else None,
+        _age(login["age_seconds"]) if login else None,
+        (_when(login["rotated_at"]) or "never") if login else None,
+    ]
+
+
+def _rotation_problems(rotation: Mapping[str, Any]) -> list[str]:
+    found = []
+    if rotation.get("tls_problem"):
+        found.append(
+            f"new certificate files not used (since {_when(rotation['tls_problem_since'])}): "
+            f"{rotation['tls_problem']}"
+        )
+    login = rotation.get("credentials")
+    if login and login.get("problem"):
+        found.append(f"credentials ({login['source']}): {login['problem']}")
+    return found
 
 
 def _error_text(exc: BaseException, limit: int = 300) -> str:

@@ -58,6 +58,7 @@ POOL_DEFAULTS = {
     "pooler": None,
     "connect_timeout": 10.0,
     "network_timeout": 30.0,
+    "rotation_check": 5.0,
 }
 
 
@@ -1149,6 +1150,7 @@ def test_pool_option_keys() -> None:
         "pool_enabled",
         "connect_timeout",
         "network_timeout",
+        "rotation_check",
         "pooler",
     } == POOL_OPTION_KEYS
     assert "pool" not in POOL_OPTION_KEYS

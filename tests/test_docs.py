@@ -372,12 +372,53 @@ def error_examples(tmp: Path) -> list[tuple[str, str]]:
           "DATABASE_SSLCERT": str(tmp / "expired.crt"),
           "DATABASE_SSLKEY": str(tmp / "expired.key")}),
     ]
+    cases += [
+        ("DATABASE_PASSWORD_FILE=/run/secrets/db-password, no such file",
+         {"DATABASE_URL": "postgresql://app@db.internal:5432/app",
+          "DATABASE_PASSWORD_FILE": "/run/secrets/db-password"}),
+    ]
     out = []
     for label, source in cases:
         exc = _settings_error(source) if "ENGINE" in source else _env_error(source)
         out.append((label, f"{type(exc).__name__}: {exc}".replace(str(tmp), EXAMPLE_DIR)))
     out.append(("REPORTS_DATABASE_POOL_SIZE=1, MAX_OVERFLOW=0, POOL_TIMEOUT=0.2, two threads",
                 f"PoolTimeout: {_pool_timeout()}"))
+    return out + _provider_examples()
+
+
+def _provider_examples() -> list[tuple[str, str]]:
+    """A provider that cannot be imported (the checks import it), and one that fails
+    when a connection is opened (a stand-in module ``myproject.db_auth``)."""
+    from multipool.secrets.credentials import load_provider
+
+    out = []
+    try:
+        load_provider("default", "DATABASE_CREDENTIALS", "myproject.auth:token")
+    except errors.CredentialProviderError as exc:
+        out.append(("DATABASE_CREDENTIALS=myproject.auth:token, no such module",
+                    f"{type(exc).__name__}: {exc}"))
+
+    class NoCredentialsError(Exception):
+        pass
+
+    def token(request: Any) -> Any:
+        raise NoCredentialsError("Unable to locate credentials")
+
+    module = type(sys)("myproject.db_auth")
+    module.token = token  # type: ignore[attr-defined]
+    saved = {name: sys.modules.get(name) for name in ("myproject", "myproject.db_auth")}
+    sys.modules.update({"myproject": type(sys)("myproject"), "myproject.db_auth": module})
+    try:
+        exc = _connect_error("orders", {"URL": "postgresql://app@db.internal:5432/app",
+                                        "CREDENTIALS": "myproject.db_auth:token"})
+    finally:
+        for name, old in saved.items():
+            if old is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = old
+    out.append(("ORDERS_DATABASE_CREDENTIALS=myproject.db_auth:token, the provider raises",
+                f"{type(exc).__name__}: {exc}"))
     return out
 
 
@@ -387,7 +428,48 @@ def server_examples(pg: Any, my: Any, my_without_tls: Any, tmp: Path) -> list[tu
         ("LEGACY_DATABASE_SSLMODE=require, the MariaDB server has TLS disabled",
          f"EncryptionRequired: {_encryption_required(my_without_tls)}"),
         *connect_examples(pg, my, tmp),
+        ("ORDERS_DATABASE_SSLCERT_FILE and SSLKEY_FILE rotated to a certificate of a CA the "
+         "server does not trust", f"RotationRefused: {_rotation_refused(pg, tmp)}"),
     ]
+
+
+def _rotation_refused(server: Any, tmp: Path) -> str:
+    """A real RotationRefused: ``certuser``'s files replaced by a certificate of a CA the
+    server does not trust. Fingerprints and dates appear as below, ports as 5432."""
+    from multipool.certs import load_ca
+    from multipool.config import databases
+    from multipool.pools import manager
+    from multipool.secrets import material_for
+    from tests.conftest import registered_alias
+
+    cert_file, key_file = tmp / "tls.crt", tmp / "tls.key"
+    cert, key = issue_cert(load_ca(server.certs.ca_cert, server.certs.ca_key), "certuser",
+                           usage="client")
+    write_cert(cert_file, cert)
+    write_key(key_file, key)
+    entry = databases(source={
+        "DATABASE_ALIASES": "orders",
+        "ORDERS_DATABASE_URL": f"postgresql://certuser@{server.host}:{server.port}/"
+                               f"{server.database}",
+        "ORDERS_DATABASE_SSLMODE": "verify-full",
+        "ORDERS_DATABASE_SSLROOTCERT": str(server.certs.ca_cert),
+        "ORDERS_DATABASE_SSLCERT_FILE": str(cert_file),
+        "ORDERS_DATABASE_SSLKEY_FILE": str(key_file),
+    })["orders"]
+    with registered_alias("orders", entry) as conn:
+        conn.ensure_connection()  # with the files of the server's CA
+        conn.close()
+        manager.dispose("orders")  # the next connection is a new one
+        cert, key = issue_cert(make_ca("Example Corp CA"), "certuser", usage="client")
+        write_cert(cert_file, cert, overwrite=True)
+        write_key(key_file, key, overwrite=True)
+        conn.ensure_connection()  # opened with the previous files
+        conn.close()
+        problem = material_for(conn.multipool_spec()).held_back  # type: ignore[union-attr]
+    assert isinstance(problem, errors.RotationRefused), problem
+    text = re.sub(r"SHA-256 [0-9a-f]{16}, expires [0-9-]{10}",
+                  "SHA-256 5d1f0c9e2ab37c44, expires 2026-09-01", str(problem))
+    return text.replace(f":{server.port} ", ":5432 ")
 
 
 @pytest.fixture(scope="module")

@@ -33,6 +33,22 @@ def pem_descriptors(settings_dict: dict[str, Any]) -> tuple[int, ...]:
     return tuple(sorted({fd for fd in found if fd is not None}))
 
 
+def _with_login(connection: Any) -> dict[str, Any]:
+    """The alias's settings, with the user and password it logs in with now when they
+    come from a file or a provider (read once, for the shell; Django's clients pass
+    the password in the environment, ``PGPASSWORD`` / ``MYSQL_PWD``)."""
+    from multipool.secrets import material_for
+
+    settings_dict = dict(connection.settings_dict)
+    material = material_for(connection.multipool_spec())
+    if material is None or material.credentials is None:
+        return settings_dict
+    login = material.credentials.get()
+    settings_dict["PASSWORD"] = login.password
+    settings_dict["USER"] = login.user or settings_dict.get("USER")
+    return settings_dict
+
+
 class PemShellMixin(BaseDatabaseClient):
     """Django's ``BaseDatabaseClient.runshell``, passing the PEM descriptors on.
 
@@ -41,7 +57,7 @@ class PemShellMixin(BaseDatabaseClient):
     """
 
     def runshell(self, parameters: Iterable[str]) -> None:
-        settings_dict = self.connection.settings_dict
+        settings_dict = _with_login(self.connection)
         args, env = self.settings_to_cmd_args_env(settings_dict, parameters)
         env = {**os.environ, **env} if env else None
         subprocess.run(args, env=env, check=True, pass_fds=pem_descriptors(settings_dict))

@@ -53,6 +53,7 @@ from multipool.backends.binding import (
 from multipool.backends.diagnosis import explain_connect_error
 from multipool.config import POOL_OPTION_KEYS, spec_from_settings
 from multipool.pools import manager
+from multipool.secrets import material_for, rotation_for
 from multipool.tls import TLS_OPTION_NAMES
 
 if TYPE_CHECKING:
@@ -137,7 +138,9 @@ class PooledWrapperMixin:
             return None
         if not self.needs_ping:
             return manager.pool(spec)
-        return manager.pool(spec, ping=self.ping_connection, fileno=self.connection_fileno)
+        return manager.pool(
+            spec, ping=self.ping_connection, fileno=self.connection_fileno, rotation=rotation_for
+        )
 
     def pool_supported(self) -> bool:
         """Whether this alias's database can be pooled (in-memory SQLite cannot)."""
@@ -211,11 +214,33 @@ class PooledWrapperMixin:
     def connect_physical(self, conn_params: dict[str, Any], spec: DatabaseSpec) -> Any:
         """Open a new physical connection: Django's own ``get_new_connection``.
 
+        Certificate files and credentials that can change while the process runs
+        (``*_FILE`` variables, a credential provider, certificate files) come from
+        the alias's :class:`~multipool.secrets.material.Material`, read now: the
+        validated copies of the certificate files, the password as it is now.
         A driver error the settings explain becomes a
         :class:`~multipool.errors.ConnectError`; a connection that is not
         encrypted although the settings ask for it is closed and refused
         (:meth:`confirm_encryption`), once per physical connection.
         """
+        material = material_for(spec)
+        if material is None:
+            return self._open_physical(conn_params, spec)
+        return material.open(lambda params: self._open_physical(params, spec), conn_params)
+
+    def login(self) -> tuple[str, str]:
+        """The user and password this alias logs in with now, for a session reset
+        that logs in again (MySQL ``COM_CHANGE_USER``): the last login the server
+        accepted when they come from a file or a provider (nothing is read)."""
+        settings = self.settings_dict
+        material = material_for(self.multipool_spec())
+        credentials = material.credentials if material is not None else None
+        accepted = credentials.last_accepted() if credentials is not None else None
+        if accepted is not None:
+            return accepted.user or settings["USER"] or "", accepted.password
+        return settings["USER"] or "", settings["PASSWORD"] or ""
+
+    def _open_physical(self, conn_params: dict[str, Any], spec: DatabaseSpec) -> Any:
         try:
             connection = super().get_new_connection(conn_params)  # type: ignore[misc]
         except Exception as exc:

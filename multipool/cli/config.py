@@ -52,7 +52,7 @@ def describe_alias(alias: str, entry: Mapping[str, Any]) -> dict[str, Any]:
             "port": spec.port,
             "database": spec.name,
             "user": spec.user,
-            "password": MASK if spec.password else None,
+            "password": MASK if spec.password else _password_source(spec),
             "pooled": pooled,
             "pool": dataclasses.asdict(spec.pool),
             "conn_max_age": spec.conn_max_age,
@@ -61,6 +61,14 @@ def describe_alias(alias: str, entry: Mapping[str, Any]) -> dict[str, Any]:
         }
     )
     return out
+
+
+def _password_source(spec: DatabaseSpec) -> str | None:
+    """Where a password read at each connect comes from: ``(file)``, ``(provider)``."""
+    secrets = spec.secrets
+    if secrets.credentials is not None:
+        return "(provider)"
+    return "(file)" if secrets.password_file or secrets.url_file else None
 
 
 def _describe_tls(spec: DatabaseSpec) -> dict[str, Any]:

@@ -61,7 +61,9 @@ class Masker:
 
     def add_environment(self, environ: Mapping[str, str]) -> None:
         for name, value in environ.items():
-            if _SENSITIVE_NAME_RE.search(name):
+            # DATABASE_PASSWORD_FILE names a file (a value that is no file name is
+            # refused, unshown, when the settings are read)
+            if _SENSITIVE_NAME_RE.search(name) and not name.endswith("_FILE"):
                 self.add(value)
             self.add_url(value)
 

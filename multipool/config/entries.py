@@ -15,10 +15,12 @@ from typing import Any
 
 from multipool import errors
 from multipool.config.options import split_options
+from multipool.config.secret_settings import check_secrets, secrets_from_meta
 from multipool.config.specs import (
     ENGINES,
     DatabaseSpec,
     PoolSpec,
+    SecretSpec,
     freeze,
     sort_key,
 )
@@ -63,6 +65,7 @@ def make_spec(
     replica_of: str | None,
     replicas: Iterable[str],
     settings: Mapping[str, str],
+    secrets: SecretSpec | None = None,
 ) -> DatabaseSpec:
     """A :class:`DatabaseSpec` of parsed values, once they fit together.
 
@@ -70,8 +73,10 @@ def make_spec(
     from (see :class:`~multipool.setting_names.SettingNames`).
     """
     names = SettingNames(alias, vendor, settings)
+    secrets = secrets or SecretSpec()
     _check_combination(names, options, pool)
     _check_direct_tls(names, options, tls)
+    check_secrets(names, password, secrets)
     return DatabaseSpec(
         alias=alias,
         vendor=vendor,
@@ -84,6 +89,7 @@ def make_spec(
         tls=tls,
         pool=pool,
         conn_max_age=conn_max_age,
+        secrets=secrets,
         replica_of=replica_of,
         replicas=tuple(replicas),
         settings=tuple(sorted(settings.items())),
@@ -238,6 +244,7 @@ def _spec_from_settings(alias: str, entry: Mapping[str, Any]) -> DatabaseSpec:
         replica_of=replica_of,
         replicas=replicas,
         settings=dict(names.recorded),
+        secrets=secrets_from_meta(alias, meta),
     )
 
 

@@ -18,6 +18,13 @@ from typing import Any
 from multipool.config.entries import make_spec, problem_record, unusable_entry
 from multipool.config.keys import ALIAS_KEYS, DEFAULT_KEY_RE, DEFAULT_URL, ENV_KEYS, env_prefix
 from multipool.config.options import SplitOptions, split_options
+from multipool.config.secret_settings import (
+    TLS_FILE_FIELDS,
+    alias_url,
+    secrets_from_env,
+    tls_file_path,
+    validate_secrets,
+)
 from multipool.config.source import Source
 from multipool.config.specs import POOL_OPTION_KEYS, DatabaseSpec, PoolSpec
 from multipool.config.urls import SCHEMES, URLParts, parse_url
@@ -84,8 +91,10 @@ def _alias_from_env(
     replicas_var: str,
 ) -> tuple[DatabaseSpec, _Layer]:
     """One alias's spec, and its layer of values (that its replicas inherit)."""
-    url_var = f"{env_prefix(alias)}URL"
-    parts = parse_url(alias, url_var, _url(alias, env, url_var))
+    url, url_var, url_file = alias_url(
+        alias, env, f"{env_prefix(alias)}URL", DEFAULT_URL if alias == "default" else None
+    )
+    parts = parse_url(alias, url_var, url)
     vendor = parts.vendor
     query = dict(parts.query)
     host = parts.host
@@ -104,14 +113,20 @@ def _alias_from_env(
             "put the database name in the URL path (postgresql://host/NAME), or add ?service=NAME",
         )
     layer = _layer(alias, vendor, env, inherited, split, url_var)
-    names = SettingNames(alias, vendor, _names(alias, layer, url_var, replica_of, replicas_var))
+    secrets, password, secret_names = secrets_from_env(
+        alias, env, parts.password, url_var, url_file
+    )
+    names = SettingNames(
+        alias, vendor, {**_names(alias, layer, url_var, replica_of, replicas_var), **secret_names}
+    )
     tls = TLSSpec(**{f: v for f, (v, _) in layer.tls.items()})
     spec = make_spec(
         alias=alias,
         vendor=vendor,
         name=_database_name(parts, env.base_dir),
         user=parts.user,
-        password=parts.password,
+        password=password,
+        secrets=secrets,
         host=host,
         port=parts.port,
         options=driver,
@@ -123,21 +138,6 @@ def _alias_from_env(
         settings=dict(names.recorded),
     )
     return spec, layer
-
-
-def _url(alias: str, env: Source, url_var: str) -> Any:
-    """The alias's URL; only ``default`` has one by default."""
-    url = env.get(url_var)
-    if url is not None:
-        return url
-    if alias != "default":
-        raise ConfigurationError(
-            alias,
-            url_var,
-            "is not set",
-            f"set {url_var} to the database URL, e.g. postgresql://user:password@host:5432/name",
-        )
-    return DEFAULT_URL
 
 
 def _database_name(parts: URLParts, base_dir: str) -> str:
@@ -162,22 +162,30 @@ def _layer(
     own = [(key.field, key.name(alias)) for key in ALIAS_KEYS]
     for field_name, var in own:
         if env.from_source(var) is None and env.from_defaults(var) is not None:
-            _apply(layer, alias, vendor, field_name, var, env.from_defaults(var), env.base_dir)
+            _apply(layer, alias, vendor, field_name, var, env.from_defaults(var), env)
     layer.pool.update(split.pool)
     layer.tls.update({f: (v, url_var) for f, v in split.tls.items()})
     for field_name, var in own:
         raw = env.from_source(var)
         if raw is not None:
-            _apply(layer, alias, vendor, field_name, var, raw, env.base_dir)
+            _apply(layer, alias, vendor, field_name, var, raw, env)
     return layer
 
 
 def _apply(
-    layer: _Layer, alias: str, vendor: str, field_name: str, var: str, raw: Any, base_dir: str
+    layer: _Layer, alias: str, vendor: str, field_name: str, var: str, raw: Any, env: Source
 ) -> None:
     """Parse one environment value into ``layer`` (other keys are read elsewhere)."""
+    base_dir = env.base_dir
     if field_name in POOL_OPTION_KEYS:
         layer.pool[field_name] = (parse_pool_value(alias, field_name, raw, var), var)
+    elif field_name in TLS_FILE_FIELDS:
+        tls_field = TLS_FILE_FIELDS[field_name]
+        if vendor == "sqlite":
+            check_tls_support(alias, vendor, TLSSpec(mode="require"), settings={"mode": var})
+        path = tls_file_path(alias, var, tls_field, raw, env)
+        if path is not None:
+            layer.tls[tls_field] = (path, var)
     elif field_name.startswith("tls_"):
         tls_field = field_name.removeprefix("tls_")
         if vendor == "sqlite":
@@ -206,7 +214,9 @@ def _emit(message: str) -> None:
 
 
 def validate_spec(spec: DatabaseSpec, *, now: Any = None) -> list[str]:
-    """Startup checks of one spec (TLS files, CONN_MAX_AGE); raise or return warnings."""
+    """Startup checks of one spec (TLS files, password and URL files, CONN_MAX_AGE);
+    raise or return warnings."""
+    validate_secrets(spec.alias, spec.setting_names, spec.secrets)
     found = validate_tls(
         spec.alias, spec.tls, settings=spec.setting_names, now=now, vendor=spec.vendor
     )

@@ -78,8 +78,18 @@ def _values(spec: DatabaseSpec, env: Any) -> Iterator[Explained]:
         shown = "***" if field in _SECRETS and value else _shown(value, setting)
         return Explained(field, shown, setting, _origin(spec, setting, env))
 
+    secrets = spec.secrets
     for field in ("name", "user", "password", "host", "port"):
+        if field == "password" and spec.password is None and not secrets.is_empty:
+            # never the content: where it is read, and when
+            setting = spec.setting(field)
+            text = f"(read from {setting} at each connect)"
+            yield Explained(field, text, setting, _origin(spec, setting, env))
+            continue
         yield one(field, getattr(spec, field))
+    for key in ("password_file", "url_file", "credentials"):
+        if getattr(secrets, key) is not None:
+            yield one(key, getattr(secrets, key))
     for key, value in spec.options:  # driver options, from the URL's query
         yield one(key, value, f"{spec.setting('url')} (option {key})")
     for key, attribute in POOL_ATTRIBUTES.items():

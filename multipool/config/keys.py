@@ -56,6 +56,40 @@ ENV_KEYS: tuple[EnvKey, ...] = (
         example="postgresql://app:s%40cret@db.internal:5432/app?sslmode=verify-full",
     ),
     EnvKey(
+        "URL_FILE",
+        "url_file",
+        "path",
+        "none",
+        "A file holding the database URL (a container secret). The URL is read with the "
+        "settings, and its user and password again whenever a connection is opened: a "
+        "rotated password reaches new connections without a restart. Not together with "
+        "`DATABASE_URL`.",
+        example="/run/secrets/database-url",
+    ),
+    EnvKey(
+        "PASSWORD_FILE",
+        "password_file",
+        "path",
+        "none",
+        "A file holding the password, the container convention (as the postgres image's "
+        "`POSTGRES_PASSWORD_FILE`). Read whenever a connection is opened, never per "
+        "request: a rotated password reaches new connections, and connections already "
+        "open keep working. One trailing newline is ignored. The URL then has no password.",
+        example="/run/secrets/db-password",
+    ),
+    EnvKey(
+        "CREDENTIALS",
+        "credentials",
+        "`package.module:callable`",
+        "none",
+        "A credential provider: called when a connection is opened, it returns the "
+        "password or token and how long it stays valid (`multipool.secrets.Credential`); "
+        "its answer is kept until shortly before it expires, so it is called once per "
+        "validity, never per request. AWS RDS IAM tokens: "
+        "`multipool.secrets.aws:rds_iam_token` (needs boto3). The URL then has no password.",
+        example="myproject.db_auth:token",
+    ),
+    EnvKey(
         "ALIASES",
         "aliases",
         "comma-separated aliases",
@@ -251,6 +285,48 @@ ENV_KEYS: tuple[EnvKey, ...] = (
         "path or PEM text",
         "none",
         "Certificate revocation list (PostgreSQL only).",
+    ),
+    EnvKey(
+        "SSLROOTCERT_FILE",
+        "tls_ca_file",
+        "path",
+        "none",
+        "`SSLROOTCERT` in the `_FILE` form of container secrets: the CA bundle file "
+        "(never PEM text). Not together with `SSLROOTCERT`.",
+    ),
+    EnvKey(
+        "SSLCERT_FILE",
+        "tls_cert_file",
+        "path",
+        "none",
+        "`SSLCERT` in the `_FILE` form: the client certificate file. Not together with "
+        "`SSLCERT`.",
+    ),
+    EnvKey(
+        "SSLKEY_FILE",
+        "tls_key_file",
+        "path",
+        "none",
+        "`SSLKEY` in the `_FILE` form: the client key file (`chmod 600`). Not together "
+        "with `SSLKEY`.",
+    ),
+    EnvKey(
+        "SSLCRL_FILE",
+        "tls_crl_file",
+        "path",
+        "none",
+        "`SSLCRL` in the `_FILE` form: the CRL file. Not together with `SSLCRL`.",
+    ),
+    EnvKey(
+        "ROTATION_CHECK",
+        "rotation_check",
+        _SECONDS,
+        "`5`",
+        "How often a pool looks at its certificate, key, CA and CRL files for a rotation: "
+        "one `stat()` per file, at most once per this many seconds, when a connection is "
+        "given back (and whenever one is opened). Changed files are validated (key matches "
+        "certificate, chain, dates) before they are used; connections opened before are "
+        "then replaced one at a time. `0`: look at every checkin.",
     ),
     EnvKey(
         "SSL_MIN_VERSION",

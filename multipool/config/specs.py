@@ -48,6 +48,7 @@ class PoolSpec:
     pooler: str | None = None  # None | "pgbouncer" | "proxysql"
     connect_timeout: float = 10.0  # seconds to open a connection (TCP, TLS, login)
     network_timeout: float = 30.0  # seconds a silent network may last (keepalives); 0 = OS
+    rotation_check: float = 5.0  # seconds between looks at the certificate files; 0 = always
 
     @classmethod
     def from_options(cls, values: Mapping[str, Any]) -> PoolSpec:
@@ -57,6 +58,34 @@ class PoolSpec:
     def to_options(self) -> dict[str, Any]:
         """These settings as flat ``OPTIONS`` keys (:data:`POOL_OPTION_KEYS`)."""
         return {key: getattr(self, attr) for key, attr in POOL_ATTRIBUTES.items()}
+
+
+#: the keys of a ``DATABASES`` entry's ``MULTIPOOL`` dict that name where secrets come from
+SECRET_KEYS = ("password_file", "url_file", "credentials")
+
+
+@dataclass(frozen=True)
+class SecretSpec:
+    """Where an alias's login comes from when it can change while the process runs.
+
+    Each is read when a physical connection is opened, never per request:
+    ``password_file`` (``DATABASE_PASSWORD_FILE``) holds the password,
+    ``url_file`` (``DATABASE_URL_FILE``) the URL whose user and password are
+    used, ``credentials`` (``DATABASE_CREDENTIALS``) is a provider,
+    ``package.module:callable``.
+    """
+
+    password_file: str | None = None
+    url_file: str | None = None
+    credentials: str | None = None
+
+    @property
+    def is_empty(self) -> bool:
+        return self.password_file is None and self.url_file is None and self.credentials is None
+
+    def to_meta(self) -> dict[str, str]:
+        """The keys this spec sets in a ``DATABASES`` entry's ``MULTIPOOL`` dict."""
+        return {key: getattr(self, key) for key in SECRET_KEYS if getattr(self, key) is not None}
 
 
 class _FrozenDict(tuple):
@@ -116,6 +145,7 @@ class DatabaseSpec:
     tls: TLSSpec = field(default_factory=TLSSpec)
     pool: PoolSpec = field(default_factory=PoolSpec)
     conn_max_age: int | None = 0
+    secrets: SecretSpec = field(default_factory=SecretSpec)
     # Topology is not connection configuration: adding a replica must not make
     # the primary's spec (and so its pool) a different one.
     replica_of: str | None = field(default=None, compare=False)
@@ -195,6 +225,7 @@ class DatabaseSpec:
                 "replica_of": self.replica_of,
                 "replicas": list(self.replicas),
                 "settings": dict(self.settings),
+                **self.secrets.to_meta(),
             },
         }
         if self.replica_of is not None:

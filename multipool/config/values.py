@@ -200,6 +200,7 @@ _POOL_PARSERS: Mapping[str, Callable[[str, str, Any], Any]] = {
     "pooler": _pooler,
     "connect_timeout": _connect_timeout,
     "network_timeout": _network_timeout,
+    "rotation_check": _seconds,
 }
 
 

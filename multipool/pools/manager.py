@@ -15,11 +15,13 @@ import logging
 import os
 import threading
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from multipool import exiting, forking
 from multipool.notices import first_report
 from multipool.pools.pool import AliasPool, Fileno, Pinger
+from multipool.pools.retirement import Rotation
 from multipool.pools.stats import PoolStats
 
 if TYPE_CHECKING:
@@ -41,9 +43,17 @@ class PoolManager:
         self._retired: weakref.WeakSet[AliasPool] = weakref.WeakSet()
 
     def pool(
-        self, spec: DatabaseSpec, *, ping: Pinger | None = None, fileno: Fileno | None = None
+        self,
+        spec: DatabaseSpec,
+        *,
+        ping: Pinger | None = None,
+        fileno: Fileno | None = None,
+        rotation: Callable[[DatabaseSpec], Rotation | None] | None = None,
     ) -> AliasPool:
-        """The pool for ``spec.alias``, created (or replaced, if the spec changed) on demand."""
+        """The pool for ``spec.alias``, created (or replaced, if the spec changed) on demand.
+
+        ``rotation(spec)``, called when the pool is created, gives the alias's rotating
+        certificate files (see :mod:`multipool.pools.retirement`)."""
         with self._lock:
             current = self._pools.get(spec.alias)
             if current is not None and (current.spec is spec or current.spec == spec):
@@ -52,7 +62,8 @@ class PoolManager:
                 logger.info("multipool: alias %r settings changed; retiring its pool", spec.alias)
                 current.dispose()
                 self._retired.add(current)
-            created = AliasPool(spec, ping=ping, fileno=fileno)
+            watched = rotation(spec) if rotation is not None else None
+            created = AliasPool(spec, ping=ping, fileno=fileno, rotation=watched)
             self._pools[spec.alias] = created
             logger.debug("multipool: alias %r pool created: %r", spec.alias, spec.pool)
         _log_warnings(spec)

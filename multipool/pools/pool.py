@@ -24,7 +24,8 @@ instead of waiting, and a waiter gets a lease given back at once.
 
 This module knows nothing of Django: a backend passes in the function that
 opens a physical connection, and the pool is built with the functions that
-ping a connection and give its socket.
+ping a connection and give its socket, and the alias's rotating certificate
+files when it has them (:mod:`multipool.pools.retirement`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from sqlalchemy.pool import QueuePool
 
 from multipool.errors import PoolTimeout
 from multipool.pools.log_names import pool_logger_name
+from multipool.pools.retirement import Retirement, Rotation
 from multipool.pools.staleness import NO_CHECK, POLL, SocketWatch, Staleness
 from multipool.pools.stats import Counters, PoolStats
 
@@ -57,6 +59,7 @@ logger = logging.getLogger("multipool.pools")
 RETURNED_AT = "multipool.returned_at"  # when it was last given back (monotonic)
 FIRST_LENT_AT = "multipool.first_lent_at"  # when it was first lent (monotonic)
 SOCKET_WATCH = "multipool.socket_watch"  # a SocketWatch of its socket
+GENERATION = "multipool.generation"  # the generation of the files it was opened with
 
 Connector = Callable[[], Any]
 Pinger = Callable[[Any], None]
@@ -71,12 +74,16 @@ class Lease:
     -- its thread died holding it -- its slot is freed when it is collected.
     """
 
-    __slots__ = ("__weakref__", "_handle", "connection", "slot")
+    __slots__ = ("__weakref__", "_handle", "connection", "generation", "slot")
 
-    def __init__(self, handle: PoolProxiedConnection, release_slot: Callable[[], None]) -> None:
+    def __init__(
+        self, handle: PoolProxiedConnection, release_slot: Callable[[], None], generation: int = 0
+    ) -> None:
         self._handle = handle
         self.connection = handle.dbapi_connection
         self.slot = weakref.finalize(self, release_slot)
+        #: the generation of the certificate files it was opened with (0: none rotate)
+        self.generation = generation
 
     @property
     def info(self) -> dict[Any, Any]:
@@ -104,13 +111,21 @@ class AliasPool:
     """The pool of one alias (see the module doc)."""
 
     def __init__(
-        self, spec: DatabaseSpec, *, ping: Pinger | None = None, fileno: Fileno | None = None
+        self,
+        spec: DatabaseSpec,
+        *,
+        ping: Pinger | None = None,
+        fileno: Fileno | None = None,
+        rotation: Rotation | None = None,
     ) -> None:
         pool = spec.pool
         self.spec = spec
         self.alias = spec.alias
         self._ping = ping
         self.fileno = fileno
+        #: the alias's rotating certificate files, if any (see multipool.pools.retirement)
+        self.rotation = rotation
+        self._retirement = Retirement()
         # A replica's connections are checked on every reuse: the router fails
         # a read over to the primary only if it sees a dead connection first.
         self.staleness = Staleness(
@@ -131,7 +146,8 @@ class AliasPool:
         self._suspect_before = float("-inf")
         self._counters = Counters()
         self._physical: weakref.WeakSet[Any] = weakref.WeakSet()
-        self._connecting = threading.local()  # the connect function of this thread's checkout
+        # the connect function of this thread's checkout, and the generation it opened
+        self._connecting = threading.local()
         self.retired = False
         self._queue = QueuePool(
             self._create,
@@ -205,14 +221,18 @@ class AliasPool:
     def _open(self, connect: Connector) -> Lease:
         """A connection from the ``QueuePool`` (an idle one, or a new one) for a slot we hold."""
         self._connecting.connect = connect
+        self._connecting.generation = None
         try:
             # each failed check discards one connection: at worst every idle one
             for _attempt in range(self.spec.pool.size + self.spec.pool.max_overflow + 1):
                 handle = self._queue.connect()
-                lease = Lease(handle, self._release_slot)
+                lease = Lease(handle, self._release_slot, self._generation(handle))
                 with self._lock:
                     self._counters.checkouts += 1
-                if self._usable(lease, handle.info.get(RETURNED_AT)):
+                returned_at = handle.info.get(RETURNED_AT)
+                if self._usable(lease, returned_at) and not (
+                    returned_at is not None and self._retires(lease, time.monotonic())
+                ):
                     handle.info.setdefault(FIRST_LENT_AT, time.monotonic())
                     return lease
             raise RuntimeError(f"multipool: pool {self.alias!r} found no healthy connection")
@@ -228,11 +248,41 @@ class AliasPool:
         if connect is None:  # pragma: no cover - QueuePool never does this
             raise RuntimeError(f"multipool: pool {self.alias!r}: a connect outside a checkout")
         connection = connect()
+        rotation = self.rotation
+        if rotation is not None:
+            opened = self._connecting.generation = rotation.opened_generation()
+            if opened == rotation.generation:
+                self._retirement.replaced()
         with self._lock:
             self._counters.connects += 1
             if self.fileno is not None:
                 self._physical.add(connection)
         return connection
+
+    def _generation(self, handle: PoolProxiedConnection) -> int:
+        """The generation of the files ``handle``'s connection was opened with (tagged
+        when this thread's checkout just opened it)."""
+        if self.rotation is None:
+            return 0
+        opened = getattr(self._connecting, "generation", None)
+        if opened is not None:
+            self._connecting.generation = None
+            handle.info[GENERATION] = opened
+        return int(handle.info.get(GENERATION, 0))
+
+    def _retires(self, lease: Lease, now: float) -> bool:
+        """Whether ``lease`` is closed instead of lent or kept: its certificate files
+        were replaced, and the pace allows a retirement now. Looks at the files when
+        that is due."""
+        rotation = self.rotation
+        if rotation is None:
+            return False
+        if now >= rotation.next_check:
+            rotation.check(now)
+        if lease.generation == rotation.generation or not self._retirement.may_retire(now):
+            return False
+        self._invalidate(lease, None, count=False)
+        return True
 
     # -- health -------------------------------------------------------------------------
     def _usable(self, lease: Lease, returned_at: float | None) -> bool:
@@ -287,14 +337,17 @@ class AliasPool:
         pool (beyond ``pool_size``, due for recycling, or the pool retired). The
         caller has left it clean: no transaction open."""
         now = time.monotonic()
+        if self.rotation is not None and self._retires(lease, now):
+            self._release_slot()
+            return False
+        # (checked before a waiter gets it: a pool that always has one still recycles)
+        due = self._recycle is not None and self._recycle_due(lease, now)
         with self._lock:
-            if self._waiters:
+            if self._waiters and not due:
                 lease.info[RETURNED_AT] = now
                 self._hand_to_waiter(lease)
                 return False
-            stays = self._queue.overflow() <= 0 and (
-                self._recycle is None or not self._recycle_due(lease, now)
-            )
+            stays = self._queue.overflow() <= 0 and not due
             if stays and not self.retired:
                 self._kept[lease] = now
                 return True
@@ -325,6 +378,9 @@ class AliasPool:
             self._invalidate(lease, None, count=False)  # the alias moved on: close, do not keep
         else:
             now = time.monotonic()
+            if self.rotation is not None and self._retires(lease, now):
+                self._release_slot()
+                return
             if not self._recycle_due(lease, now):
                 lease.info[RETURNED_AT] = now
                 with self._lock:
@@ -444,6 +500,7 @@ class AliasPool:
             invalidations=invalidations,
             pings=pings,
             ping_failures=ping_failures,
+            retired=self._retirement.count(),
         )
 
     def dispose(self) -> None:

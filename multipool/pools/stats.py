@@ -28,6 +28,7 @@ class PoolStats:
     invalidations: int
     pings: int
     ping_failures: int
+    retired: int = 0  # closed because their certificate files were replaced
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -98,30 +98,37 @@ def check_crl(alias: str, setting: str, path: str) -> None:
         )
 
 
-def _check_key_permissions(alias: str, setting: str, path: str) -> None:
+def key_too_open(st: os.stat_result) -> bool:
+    """libpq's rule: a key owned by root may be group-readable (0640), any other key
+    must not be accessible by group or others (0600)."""
     if os.name == "nt":
-        return
+        return False
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid == 0:
+        return bool(mode & (stat.S_IWGRP | stat.S_IXGRP | stat.S_IRWXO))
+    return bool(mode & (stat.S_IRWXG | stat.S_IRWXO))
+
+
+def key_permission_error(alias: str, setting: str, path: str, st: os.stat_result) -> TLSFileError:
+    """The error for a key file :func:`key_too_open` refuses."""
+    mode = stat.S_IMODE(st.st_mode)
+    shown_ok = not show_path(path).startswith("(")
+    return TLSFileError(
+        alias,
+        setting,
+        f"the private key file {show_path(path)} is readable by group or others "
+        f"(mode {mode:04o}); libpq refuses such keys",
+        f"chmod 600 {path}" if shown_ok else "chmod 600 the key file",
+    )
+
+
+def _check_key_permissions(alias: str, setting: str, path: str) -> None:
     try:
         st = os.stat(path)
     except (OSError, ValueError):
         return  # reported by load_file
-    mode = stat.S_IMODE(st.st_mode)
-    # libpq's rule: a key owned by root may be group-readable (0640), any other
-    # key must not be accessible by group or others (0600).
-    too_open = (
-        mode & (stat.S_IWGRP | stat.S_IXGRP | stat.S_IRWXO)
-        if st.st_uid == 0
-        else mode & (stat.S_IRWXG | stat.S_IRWXO)
-    )
-    if too_open:
-        shown_ok = not show_path(path).startswith("(")
-        raise TLSFileError(
-            alias,
-            setting,
-            f"the private key file {show_path(path)} is readable by group or others "
-            f"(mode {mode:04o}); libpq refuses such keys",
-            f"chmod 600 {path}" if shown_ok else "chmod 600 the key file",
-        )
+    if key_too_open(st):
+        raise key_permission_error(alias, setting, path, st)
 
 
 def load_key(

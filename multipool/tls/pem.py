@@ -14,6 +14,11 @@ Elsewhere the text goes to a temporary file (:mod:`multipool.tls.pem_files`).
 
 Either way equal text gives an equal path within a process, so equal
 configurations give equal specs.
+
+:func:`snapshot_file` keeps the content of a certificate or key *file* the same
+way: the drivers then read a copy that was validated and cannot change, not
+the live file a rotation may be rewriting (see :mod:`multipool.secrets`).
+Messages name the live file.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ _lock = threading.Lock()
 _memfds: dict[tuple[str, str], tuple[int, int, int]] = {}
 #: every path handed out for PEM text: shown as "PEM text", never as the path
 _pem_paths: set[str] = set()
+#: the path of a snapshot of a file -> the file it was read from (shown instead)
+_snapshots: dict[str, str] = {}
 
 #: base64 text with no dot, dash or underscore: more likely a PEM body pasted
 #: without its ``-----BEGIN`` line than a file name
@@ -69,6 +76,8 @@ def show_path(path: str) -> str:
     """A path for a message; never echo something that may be key material."""
     if from_pem_text(path):
         return "(the PEM text given)"
+    if path in _snapshots:
+        return repr(_snapshots[path])
     if (
         len(path) > 255
         or "\n" in path
@@ -96,13 +105,27 @@ def write_pem(kind: str, text: str) -> str:
     is written only once.
     """
     data = _pem_bytes(text)
-    digest = hashlib.sha256(data).hexdigest()[:40]
     with _lock:
-        path = _memfd_path(kind, digest, data) if use_memfd else None
-        if path is None:
-            path = write_pem_file(kind, digest, data)
+        path = _store(kind, data)
         _pem_paths.add(path)
     return path
+
+
+def snapshot_file(kind: str, data: bytes, source: str) -> str:
+    """Keep the content of the file ``source`` in a private file that cannot change;
+    return its path. Messages show ``source`` for it. The same content gives the
+    same path within a process; nothing is removed before the process ends."""
+    with _lock:
+        path = _store(f"file-{kind}", data)
+        _snapshots[path] = source
+    return path
+
+
+def _store(kind: str, data: bytes) -> str:
+    """Under the lock: an in-memory file holding ``data``, else a temporary file."""
+    digest = hashlib.sha256(data).hexdigest()[:40]
+    path = _memfd_path(kind, digest, data) if use_memfd else None
+    return path if path is not None else write_pem_file(kind, digest, data)
 
 
 def _memfd_path(kind: str, digest: str, data: bytes) -> str | None:

@@ -55,3 +55,27 @@ def test_without_the_descriptors_the_shell_cannot_read_them(server: Any) -> None
         django_client = type(connection.client).__mro__[1](connection)
         with pytest.raises(subprocess.CalledProcessError):
             django_client.runshell(query(server))
+
+
+def test_dbshell_reads_the_password_file(
+    server: Any, tmp_path: Any, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """``DATABASE_PASSWORD_FILE``: the shell gets the password the file holds now."""
+    from urllib.parse import quote
+
+    password = server.users["app"].password
+    secret = tmp_path / "db-password"
+    secret.write_text(password + "\n")
+    scheme = "postgresql" if server.engine == "postgresql" else "mysql"
+    environ = {
+        "SHELL_DATABASE_URL": f"{scheme}://app@{server.host}:{server.port}/{server.database}",
+        "SHELL_DATABASE_PASSWORD_FILE": str(secret),
+        "SHELL_DATABASE_SSLMODE": "verify-full",
+        "SHELL_DATABASE_SSLROOTCERT": str(server.certs.ca_cert),
+    }
+    with patched_environ(environ):
+        entry = databases(DATABASE_ALIASES=ALIAS)[ALIAS]
+    assert entry["PASSWORD"] == "" and quote(password, safe="") not in repr(entry)
+    with registered_alias(ALIAS, entry):
+        call_command("dbshell", "--database", ALIAS, "--", *query(server))
+    assert capfd.readouterr().out.strip().split("@")[0] == "app"

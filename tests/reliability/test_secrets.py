@@ -445,6 +445,134 @@ def test_key_material_without_pem_header_is_not_echoed(server: Any) -> None:
         assert line[:16] not in str(info.value)
 
 
+# -- secrets that rotate: *_FILE variables, a provider, rotated certificate files -------------
+
+#: the provider of test_rotated_secrets_never_leak (the dedicated user's current password)
+TOKEN: dict[str, str] = {}
+
+
+def current_token(request: Any) -> Any:
+    from multipool.secrets import Credential
+
+    return Credential(password=TOKEN["value"], expires_in=600)
+
+
+def test_rotated_secrets_never_leak(
+    server: Any,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+    clean_environ: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """The same scrutiny for the inputs of rotation: passwords from
+    ``PASSWORD_FILE`` and ``URL_FILE``, a provider's token, a key from ``SSLKEY_FILE``;
+    rotated (the password file before the server, the certificate and key replaced,
+    a half-written rotation with a key that does not match, a wrong password in the
+    file), shown (specs, ``--explain``, the checks, the pool status, every CLI run)."""
+    from multipool.config.explain import explain
+    from multipool.status import pool_status, render_pool_status
+    from tests.reliability.rotation_helpers import (
+        client_cert,
+        database_user,
+        server_ca,
+        set_password,
+        write_now,
+    )
+
+    for name in LOGGERS:
+        caplog.set_level(logging.DEBUG, logger=name)
+    evidence = Evidence()
+    first, second = (f"{label}-{secrets.token_urlsafe(12)}@:/%+" for label in ("Fi", "Se"))
+    wrong = f"Wr-{secrets.token_urlsafe(12)}@:/%+"
+    old_cert, new_cert = (client_cert(server_ca(server), "certuser") for _ in range(2))
+    half = client_cert(server_ca(server), "certuser")
+    secret_values = {"first": first, "second": second, "wrong": wrong,
+                     **{f"{k} (encoded)": quote(v, safe="") for k, v in
+                        (("first", first), ("second", second), ("wrong", wrong))}}
+    for label, cert in (("old", old_cert), ("new", new_cert), ("half", half)):
+        for i, line in enumerate(pem_body_lines(cert.key.decode())):
+            secret_values[f"{label} key line {i}"] = line
+    password_file, url_file = tmp_path / "db-password", tmp_path / "database-url"
+    cert_file, key_file = tmp_path / "tls.crt", tmp_path / "tls.key"
+    write_now(cert_file, old_cert.cert, 0o644)
+    write_now(key_file, old_cert.key)
+    scheme = "postgresql" if server.engine == "postgresql" else "mysql"
+    where = f"{server.host}:{server.port}/{server.database}"
+
+    with database_user(server, password=first) as user:
+        write_now(password_file, first.encode() + b"\n")
+        write_now(url_file, f"{scheme}://{user}:{quote(first, safe='')}@{where}".encode())
+        TOKEN["value"] = first
+        tls = {"SSLMODE": "verify-full", "SSLROOTCERT": str(server.certs.ca_cert),
+               "POOL_SIZE": "1", "MAX_OVERFLOW": "0", "ROTATION_CHECK": "0"}
+        aliases = {
+            "vfile": {"URL": f"{scheme}://{user}@{where}", "PASSWORD_FILE": str(password_file)},
+            "vurl": {"URL_FILE": str(url_file)},
+            "vtoken": {"URL": f"{scheme}://{user}@{where}",
+                       "CREDENTIALS": f"{__name__}:current_token"},
+            "vcert": {"URL": f"{scheme}://{user}@{where}", "PASSWORD_FILE": str(password_file),
+                      "SSLCERT_FILE": str(cert_file), "SSLKEY_FILE": str(key_file)},
+        }
+        clean_environ.setenv("DATABASE_ALIASES", ",".join(aliases))
+        for alias, env in aliases.items():
+            for key, value in {**tls, **env}.items():
+                clean_environ.setenv(f"{env_prefix(alias)}{key}", value)
+
+        dbs = databases()
+        for alias, spec in read_environment().items():
+            evidence.add(f"repr {alias}", repr(spec))
+            evidence.add(f"entry {alias}", repr(dbs[alias]))
+        evidence.add("explain", repr(explain()))
+        with contextlib.ExitStack() as stack:
+            conns = {a: stack.enter_context(registered_alias(a, dbs[a])) for a in aliases}
+
+            def use_all(label: str) -> None:
+                for alias, conn in conns.items():
+                    try:
+                        with conn.cursor() as cursor:
+                            cursor.execute("SELECT 1")
+                    except Exception as exc:
+                        evidence.exception(f"{label} {alias}", exc)
+                    conn.close()
+                    manager.dispose(alias)  # the next use opens a new connection
+
+            use_all("first")
+            write_now(password_file, second.encode())  # the file before the server
+            write_now(url_file, f"{scheme}://{user}:{quote(second, safe='')}@{where}".encode())
+            TOKEN["value"] = second
+            use_all("file rotated")
+            set_password(server, user, second)
+            write_now(key_file, half.key)  # half-written: a key that does not match
+            use_all("server rotated")
+            write_now(cert_file, new_cert.cert, 0o644)
+            write_now(key_file, new_cert.key)
+            use_all("certificate rotated")
+            write_now(password_file, wrong.encode())  # no password that works before it
+            set_password(server, user, first)
+            use_all("wrong password")
+            rows = pool_status(dbs)
+            evidence.add("pool status", json.dumps(rows, default=str))
+            evidence.add("pool status table", render_pool_status(rows))
+            for message in check_databases(dbs) + check_deployment(dbs):
+                evidence.add(f"check {message.id}", message)
+            if cli_available():
+                run_cli(evidence, [["config"], ["config", "--explain"], ["check"],
+                                   ["status", "--connect"], ["status", "--json", "--connect"]],
+                        "rotation")
+
+    evidence.logs(caplog.records)
+    captured = capfd.readouterr()
+    evidence.add("stdout", captured.out)
+    evidence.add("stderr", captured.err)
+    wheres = " | ".join(where for where, _ in evidence.texts)
+    logged = " | ".join(r.getMessage() for r in caplog.records)
+    assert "wrong password" in wheres  # the wrong password in the file was refused
+    assert "are not used" in logged and "does not match" in logged  # the half-written key
+    assert "new certificate files validated" in logged
+    assert "the ones that worked before are used" in logged  # the file before the server
+    evidence.assert_clean(secret_values)
+
+
 # -- the private key is never left on disk -----------------------------------------------------
 #
 # PEM text from the environment lives in an in-memory file on Linux (memfd, nothing on

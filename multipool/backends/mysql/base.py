@@ -80,10 +80,8 @@ class DatabaseWrapper(PooledWrapperMixin, django_mysql.DatabaseWrapper):
         # COM_CHANGE_USER to the same account: the server resets the session
         # (variables, temporary tables, locks, user variables) as for a new
         # login, on the same TCP and TLS connection.
-        settings = self.settings_dict
-        connection.change_user(
-            settings["USER"] or "", settings["PASSWORD"] or "", settings["NAME"] or ""
-        )
+        user, password = self.login()  # a rotated password: the one that works now
+        connection.change_user(user, password, self.settings_dict["NAME"] or "")
 
     def ping_connection(self, connection: Any) -> None:
         connection.ping()
