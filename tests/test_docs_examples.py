@@ -461,8 +461,8 @@ def test_variables(
 
 def run_documented(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str]:
     """A documented command, run: ``python3 -m venv`` and ``pip install`` are what made
-    the environment this suite runs in (checked, not redone); ``python -m pytest`` is
-    this suite (collected, not run again); the rest runs in ``cwd``."""
+    the environment this suite runs in (checked, not redone); ``python -m pytest`` and
+    ``scripts/test`` are this suite (collected, not run again); the rest runs in ``cwd``."""
     name = Path(argv[0]).name
     if argv[:3] == ["python3", "-m", "venv"]:
         return int(sys.prefix == sys.base_prefix), f"running in a venv: {sys.prefix}"
@@ -472,6 +472,10 @@ def run_documented(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[int
         return 0, "installed"
     if name in ("python", "python3") and argv[1:3] == ["-m", "pytest"]:
         return run([*argv, "--collect-only", "-q", "-p", "no:cacheprovider"], ROOT)
+    if argv[0] == "scripts/test":  # this suite's command (tests/test_test_script.py runs it)
+        assert os.access(ROOT / argv[0], os.X_OK), f"{argv[0]} is not executable"
+        pytest_argv = [sys.executable, "-m", "pytest", *argv[1:]]
+        return run([*pytest_argv, "--collect-only", "-q", "-p", "no:cacheprovider"], ROOT)
     if name == "multipool" or argv[1:2] == ["manage.py"]:
         return run(argv, cwd, **env)
     raise AssertionError(f"cannot run {argv[0]} here: mark the block <!-- docs-test: skip -->")
