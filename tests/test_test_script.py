@@ -75,7 +75,7 @@ def test_the_readme_and_ci_run_this_script() -> None:
 
 def test_without_root_or_sudo_it_names_the_missing_packages_and_stops_before_pip(
         tmp_path: Path) -> None:
-    bin_dir = fake_system(tmp_path, installed=REQUIRED[:5] + ["pkg-config"], uid=1000,
+    bin_dir = fake_system(tmp_path, installed=[*REQUIRED[:5], "pkg-config"], uid=1000,
                           sudo_works=False)
     venv = tmp_path / "venv"
     done, calls = run_script(tmp_path, bin_dir, venv, "-x")
