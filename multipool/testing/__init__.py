@@ -4,7 +4,12 @@ pytest (the plugin is registered as the ``multipool`` entry point) gets
 session-scoped fixtures, among them ``postgres_server``, ``mysql_server``,
 ``postgres_replica`` (a streaming replica of ``postgres_server``, see
 :mod:`multipool.testing.replica`) and ``mysql_replica`` (a MariaDB GTID replica of
-``mysql_server``, see :mod:`multipool.testing.mysql_replica`). Without pytest::
+``mysql_server``, see :mod:`multipool.testing.mysql_replica`), ``pgbouncer_server``
+(see :mod:`multipool.testing.pgbouncer`) and ``redis_server``: a throwaway Redis with
+a password, the broker and result backend of the Celery tests (``redis-server`` from
+the Debian package on a free port of 127.0.0.1, no persistence; ``redis.url()`` is
+``redis://:PASSWORD@127.0.0.1:PORT/0``; see :mod:`multipool.testing.redis_process`).
+Without pytest::
 
     from multipool.testing import start_postgres
     with start_postgres() as pg:              # close() on exit
@@ -33,7 +38,8 @@ Backends, tried in this order for each engine:
 Modules, each importing only those listed before it: ``servers`` (base classes
 and helpers), ``postgres`` and ``mysql`` (the servers, their users, local
 binaries), ``containers``, ``external``, ``start`` (picks the backend),
-``replica``, ``mysql_replica``, ``pgbouncer_process`` and ``pgbouncer``, ``plugin`` (pytest).
+``replica``, ``mysql_replica``, ``pgbouncer_process`` and ``pgbouncer``,
+``redis_process``, ``plugin`` (pytest).
 
 Environment variables:
 
@@ -57,6 +63,8 @@ Environment variables:
 ``MULTIPOOL_TEST_PG_BINDIR``, ``MULTIPOOL_TEST_MYSQLD``
     Where the local PostgreSQL binaries / the ``mariadbd`` binary are (found
     automatically otherwise).
+``MULTIPOOL_TEST_REDIS_SERVER``
+    The ``redis-server`` binary (found on ``PATH`` or in ``/usr/sbin`` otherwise).
 ``CI``
     ``CI=true``: a server that cannot be started fails the tests that need it
     (never a silent skip). Otherwise those tests are skipped with the reason.
@@ -67,6 +75,7 @@ from multipool.testing.mysql_replica import MySQLReplica
 from multipool.testing.mysql_replica import start_replica as start_mysql_replica
 from multipool.testing.pgbouncer import PgBouncerServer, start_pgbouncer
 from multipool.testing.postgres import PostgresServer
+from multipool.testing.redis_process import RedisServer, start_redis
 from multipool.testing.replica import PostgresReplica
 from multipool.testing.replica import start_replica as start_postgres_replica
 from multipool.testing.servers import (
@@ -85,6 +94,7 @@ __all__ = [
     "PgBouncerServer",
     "PostgresReplica",
     "PostgresServer",
+    "RedisServer",
     "ServerControlError",
     "ServerStartError",
     "TestServer",
@@ -94,4 +104,5 @@ __all__ = [
     "start_pgbouncer",
     "start_postgres",
     "start_postgres_replica",
+    "start_redis",
 ]

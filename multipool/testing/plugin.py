@@ -3,8 +3,9 @@
 Fixtures (session scope): ``postgres_server``, ``mysql_server``,
 ``postgres_replica`` (a streaming replica of ``postgres_server``), ``mysql_replica``
 (a MariaDB GTID replica of ``mysql_server``) and ``postgres_server_without_tls`` /
-``mysql_server_without_tls`` (TLS off). Tests using them get the ``postgresql`` /
-``mysql`` marker automatically. When a server cannot be started the tests needing it
+``mysql_server_without_tls`` (TLS off), and ``redis_server`` (a broker for Celery).
+Tests using the database servers get the ``postgresql`` / ``mysql`` marker
+automatically. When a server cannot be started the tests needing it
 are skipped with the reason, or fail with it when ``CI=true``.
 """
 
@@ -12,11 +13,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import pytest
 
-from multipool.testing.servers import ENV_BACKEND, STARTUP_LOG, TestServer, in_ci
+from multipool.testing.servers import ENV_BACKEND, STARTUP_LOG, in_ci
 from multipool.testing.start import start_mysql, start_postgres
 
 if TYPE_CHECKING:
@@ -25,7 +26,12 @@ if TYPE_CHECKING:
     from multipool.testing.postgres import PostgresServer
     from multipool.testing.replica import PostgresReplica
 
-S = TypeVar("S", bound=TestServer)
+
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+S = TypeVar("S", bound=_Closable)
 
 _MARKERS = {
     "postgres_server": "postgresql",
@@ -146,3 +152,20 @@ def pgbouncer_server(postgres_server: PostgresServer) -> Iterator[PgBouncerServe
 
 if TYPE_CHECKING:
     from multipool.testing.pgbouncer import PgBouncerServer
+
+
+# -- Redis (a broker for Celery) ------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A throwaway Redis with a password (:class:`multipool.testing.RedisServer`): a
+    broker and result backend for Celery. Stopped and removed at the end of the session.
+    """
+    from multipool.testing.redis_process import start_redis
+
+    yield from _server("Redis", start_redis)
+
+
+if TYPE_CHECKING:
+    from multipool.testing.redis_process import RedisServer
