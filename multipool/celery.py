@@ -35,9 +35,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery import signals
-
 import multipool
+
+try:
+    from celery import signals
+except ImportError as exc:  # pragma: no cover - Celery is installed with the test extra
+    raise ImportError(
+        "multipool.celery needs Celery, which multipool does not install: pip install celery"
+    ) from exc
 
 __all__ = ["setup"]
 
