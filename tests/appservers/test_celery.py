@@ -148,12 +148,18 @@ class ConnectionSampler:
     def __init__(self, server: Any, database: str, interval: float = 0.02) -> None:
         self.server, self.database, self.interval = server, database, interval
         self.samples: list[set[int]] = []
+        self.error: BaseException | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.samples.append(self.server.connection_ids(user="app", database=self.database))
+        try:
+            while not self._stop.wait(self.interval):
+                self.samples.append(
+                    self.server.connection_ids(user="app", database=self.database)
+                )
+        except BaseException as exc:  # reported by __exit__
+            self.error = exc
 
     def __enter__(self) -> ConnectionSampler:
         self._thread.start()
@@ -163,6 +169,7 @@ class ConnectionSampler:
         self._stop.set()
         self._thread.join(timeout=10)
         assert not self._thread.is_alive(), "the connection sampler did not stop"
+        assert self.error is None, f"sampling failed: {self.error!r}"
 
 
 def run_tasks(broker_url: str, queue: str, prefix: str) -> list[dict[str, int]]:
@@ -223,6 +230,8 @@ def test_prefork_worker_children_pool_apart_and_say_goodbye(
 def check_connections(
     outcomes: list[dict[str, int]], samples: list[set[int]], start_up_id: int
 ) -> None:
+    """Children never share a connection, each keeps one, and the server never had
+    more than the budget, nor any connection of the main process."""
     pids_of: dict[int, set[int]] = defaultdict(set)
     ids_of: dict[int, set[int]] = defaultdict(set)
     for outcome in outcomes:
@@ -242,6 +251,7 @@ def check_connections(
 
 
 def check_writes(server: Any, database: str, prefix: str) -> None:
+    """Every write task's row is there, once."""
     from tests.project.testapp.models import Item
 
     with _alias(server, database) as conn:
@@ -253,6 +263,7 @@ def check_writes(server: Any, database: str, prefix: str) -> None:
 
 
 def check_logs(server_lines: list[str], worker_log: str, server: Any, redis: Any) -> None:
+    """No dropped connection or TLS/protocol error on either side; no password logged."""
     problems = [line for line in server_lines if any(p in line for p in SERVER_PROBLEMS)]
     assert not problems, problems
     bad = [line for line in worker_log.splitlines() if any(p in line for p in WORKER_PROBLEMS)]
