@@ -242,8 +242,10 @@ class RunningAppServer:
             return ""
 
     def worker_pids(self) -> set[int]:
-        """The live child processes of the master (its workers) now."""
-        return {pid for pid, (ppid, _) in _processes().items() if ppid == self.pid}
+        """The master's live workers now: its child processes, but for the resource
+        tracker that ``multiprocessing`` starts beside uvicorn's workers."""
+        children = {pid for pid, (ppid, _) in _processes().items() if ppid == self.pid}
+        return {pid for pid in children if not _is_resource_tracker(pid)}
 
     def stop(self) -> str:
         """SIGTERM, then SIGKILL to the group after ``stop_timeout``; wait until every
@@ -363,6 +365,13 @@ def _wait_group_gone(group: int, deadline: float) -> bool:
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.05)
+
+
+def _is_resource_tracker(pid: int) -> bool:
+    try:
+        return b"multiprocessing.resource_tracker" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def _processes() -> dict[int, tuple[int, int]]:

@@ -54,6 +54,7 @@ class Outcome:
     db_log: list[str]
     abandoned: int  # sessions that ended without the protocol's goodbye
     rows: set[int]  # the ids in the table afterwards
+    writers: set[int]  # the pids of the processes that wrote them
     written: list[int]  # the ids the write views returned
 
     def line(self) -> str:
@@ -97,7 +98,7 @@ def run_scenario(
     abandoned = abandoned_sessions(server, database) - abandoned_before
     outcome = Outcome(
         recipe, report, sampler, budget, before, after, held, after_stop,
-        app.log or "", db_log, abandoned, table_ids(server, database),
+        app.log or "", db_log, abandoned, *table_rows(server, database),
         [json.loads(r.body)["id"] for r in report.results
          if r.method == "POST" and r.status == 200],
     )
@@ -106,7 +107,7 @@ def run_scenario(
 
 
 def settled_count(
-    server: Any, database: str, app: RunningAppServer, master: int, timeout: float = 20.0
+    server: Any, database: str, app: RunningAppServer, master: int, timeout: float = 30.0
 ) -> tuple[int, int]:
     """``(server connections, what the pools hold)`` once they agree, or the last
     reading at ``timeout``: every live worker's pool ``open`` count (read over HTTP
@@ -132,15 +133,24 @@ def worker_pools(app: RunningAppServer, deadline: float) -> dict[int, dict[str, 
             if result.status == 200:
                 answer = json.loads(result.body)
                 seen[answer["pid"]] = answer["pools"]
-        live = app.worker_pids()
-        seen = {pid: pools for pid, pools in seen.items() if pid in live}
-        if len(seen) == workers:
+        serving = app.worker_pids() - exiting_workers(app)
+        seen = {pid: pools for pid, pools in seen.items() if pid in serving}
+        if set(seen) == serving and len(serving) == workers:
             return seen
         if time.monotonic() >= deadline:
             raise AssertionError(
                 f"{app.recipe.label}: only workers {sorted(seen)} answered /pool/ "
-                f"(live children: {sorted(live)})"
+                f"(serving: {sorted(serving)}); the server's log ends with:\n"
+                + "\n".join(app.log_text().splitlines()[-30:])
             )
+
+
+def exiting_workers(app: RunningAppServer) -> set[int]:
+    """gunicorn workers that said they exit (a worker replaced after ``--max-requests``):
+    until the master reaps them they are alive, but they have closed their pools at exit
+    and answer no request (Python's own shutdown may take a while after that)."""
+    log = app.log_text()
+    return {pid for pid in app.worker_pids() if f"Worker exiting (pid: {pid})" in log}
 
 
 def _open(pools: dict[str, Any]) -> int:
@@ -171,11 +181,13 @@ def app_alias(server: Any, database: str) -> Iterator[Any]:
         yield conn
 
 
-def table_ids(server: Any, database: str) -> set[int]:
+def table_rows(server: Any, database: str) -> tuple[set[int], set[int]]:
+    """``(ids, pids of the writers)`` of the rows in the table (a write stores its pid)."""
     from tests.project.testapp.models import Item
 
     with app_alias(server, database):
-        return set(Item.objects.using("appserver").values_list("pk", flat=True))
+        rows = list(Item.objects.using("appserver").values_list("pk", "value"))
+    return {pk for pk, _ in rows}, {pid for _, pid in rows}
 
 
 def create_table(server: Any, database: str) -> None:
