@@ -1,34 +1,42 @@
 """Real application servers (gunicorn, uvicorn) for tests and benchmarks.
 
-Four parts, usable alone:
+Four parts, usable alone (the names below are the stable API):
 
-* **Recipes** -- :func:`gunicorn_sync`, :func:`gunicorn_gthread`, :func:`uvicorn`
-  return an :class:`AppServer` (the command line of one server, nothing started).
+* **Recipes** -- :func:`gunicorn_sync` (``workers``, ``preload``, ``max_requests`` +
+  ``max_requests_jitter``, ``config``), :func:`gunicorn_gthread` (``workers`` x
+  ``threads``) and :func:`uvicorn` (``workers``) return an :class:`AppServer`: the
+  command line of one server (``python -m gunicorn|uvicorn``), nothing started.
 * **Running** -- :func:`start_app_server` is a context manager: it starts the recipe
   as a subprocess (its own process group) on a free port of 127.0.0.1 with a Django
-  settings module and extra environment variables, waits (bounded) until the server
-  answers HTTP, and on exit stops it: SIGTERM to the master, SIGKILL to the whole
-  group after ``stop_timeout``, and waits until master and workers are gone. It
-  yields a :class:`RunningAppServer`; its ``log`` is the server's output once stopped
-  (:meth:`RunningAppServer.stop` returns it too)::
+  settings module and extra environment variables, waits (bounded) until
+  ``GET ready_path`` gets any HTTP answer, and on exit stops it: SIGTERM to the
+  master, SIGKILL to the whole group after ``stop_timeout``, then waits until master
+  and workers are gone. It yields a :class:`RunningAppServer` (``base_url``, ``pid``,
+  ``worker_pids()``, ``log_text()``); its ``log`` is the server's whole output once
+  stopped (:meth:`RunningAppServer.stop` returns it too)::
 
-      recipe = gunicorn_sync("tests.project.appserver_wsgi:application", workers=4,
-                             preload=True)
+      recipe = gunicorn_sync("tests.project.wsgi:application", workers=4, preload=True)
       with start_app_server(recipe, settings="tests.project.appserver_settings",
-                            env={"DATABASE_URL": url}) as app:
-          report = run_load(app.base_url, [("GET", "/read/"), ("POST", "/write/")],
-                            requests=2000, concurrency=16)
-      print(report.summary(), app.log)
+                            env={"DATABASE_URL": url}, ready_path="/ping/") as app:
+          with ConnectionSampler(pg, user="app", database="multipool") as sampler:
+              report = run_load(app.base_url, [("GET", "/read/"), ("POST", "/write/")],
+                                requests=2000, concurrency=16)
+      print(report.summary(), sampler.peak, app.log)
 
 * **Load** -- :func:`run_load` sends ``requests`` HTTP requests from ``concurrency``
-  threads (stdlib ``http.client``), request ``i`` being ``mix[i % len(mix)]``, and
-  returns a :class:`LoadReport`: one :class:`Result` per request (status, latency,
-  error, body), requests/s, p50/p99 latencies.
+  threads (stdlib ``http.client``), request ``i`` being ``mix[i % len(mix)]``
+  (``(method, path)`` pairs or :class:`Request`), and returns a :class:`LoadReport`:
+  one :class:`Result` per request (status, latency, error, body), ``errors``,
+  ``statuses``, ``requests_per_second``, ``p50``/``p99`` latencies, ``summary()``.
+  It lives in :mod:`multipool.testing.load_client` and is re-exported here.
 * **Measuring** -- :class:`ConnectionSampler` reads a test server's
   ``connection_count(user=..., database=...)`` in a background thread while a block
-  runs and keeps the peak; :func:`connection_budget` is the most connections the
-  application servers may open; :func:`protocol_errors` picks the TLS and protocol
-  errors out of log lines.
+  runs and keeps the ``peak`` (and every sample); :func:`connection_budget` is the
+  most connections the application servers may open: ``workers x (pool_size +
+  max_overflow)``, + 1 for a pre-fork master that queried while loading the app;
+  :func:`protocol_errors` picks the TLS and protocol errors
+  (:data:`PROTOCOL_ERROR_PATTERNS`) out of log lines; :func:`report_line` puts a run
+  on one line.
 
 Nothing here prints the environment it passes on (it holds database URLs).
 """
