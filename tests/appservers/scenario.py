@@ -89,7 +89,10 @@ def run_scenario(
     abandoned_before = abandoned_sessions(server, database)
     with server.new_log_lines() as db_log:
         with start_app_server(recipe, settings=SETTINGS, env=environ, ready_path="/ping/") as app:
-            before = server.connection_count(user="app", database=database)
+            # What the master holds before any request (servers drop a closed session
+            # asynchronously: wait, bounded, for the expected count).
+            before = server.wait_for_connection_count(master_connections, user="app",
+                                                      database=database, timeout=5)
             with ConnectionSampler(server, user="app", database=database) as sampler:
                 report = run_load(app.base_url, mix, requests=requests, concurrency=CONCURRENCY)
             after, held = settled_count(server, database, app, master_connections)
