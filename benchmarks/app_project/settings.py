@@ -1,0 +1,24 @@
+"""Settings of the application-server benchmark's project.
+
+``MPBENCH_CONFIG`` names the configuration (see
+:data:`benchmarks.app_project.configs.APP_CONFIGS`); ``DATABASE_URL``,
+``DATABASE_POOL_SIZE`` and ``DATABASE_MAX_OVERFLOW`` say where and how big.
+"""
+
+import os
+
+from benchmarks.app_project.configs import CONFIG_VARIABLE, database_entry
+
+MPBENCH_CONFIG = os.environ[CONFIG_VARIABLE]
+DATABASES = {"default": database_entry(MPBENCH_CONFIG)}
+
+SECRET_KEY = "multipool-app-benchmark"
+DEBUG = False
+USE_TZ = True
+TIME_ZONE = "UTC"
+ALLOWED_HOSTS = ["*"]
+INSTALLED_APPS = ["benchmarks.app_project"]
+MIDDLEWARE: list[str] = []
+ROOT_URLCONF = "benchmarks.app_project.urls"
+WSGI_APPLICATION = "benchmarks.app_project.wsgi.application"
+DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
