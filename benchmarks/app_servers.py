@@ -1,6 +1,6 @@
 """Application-server benchmark: multipool and the alternatives under gunicorn and uvicorn.
 
-    .venv/bin/python -m benchmarks.app_servers --requests 500 --rounds 6
+    .venv/bin/python -m benchmarks.app_servers --requests 200 --rounds 10
 
 Each configuration of :data:`benchmarks.app_project.configs.APP_CONFIGS` runs as
 a real application server (:mod:`multipool.testing.app_servers`): gunicorn
@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -77,6 +78,9 @@ APP_SERVERS = ("gthread", "uvicorn")
 VIEWS: dict[str, tuple[str, ...]] = {"gthread": ("sync",), "uvicorn": ("async", "sync")}
 PATHS = {"sync": "/sync/", "async": "/async/"}
 SETTINGS = "benchmarks.app_project.settings"
+#: the connection limit a server this run started gets (see raise_connection_limit)
+MAX_CONNECTIONS = 500
+EXCEPTION_LINE = re.compile(r"[A-Za-z_][\w.]*(Error|Exception|Timeout)\b.*:")
 APPLICATIONS = {
     "gthread": "benchmarks.app_project.wsgi:application",
     "uvicorn": "benchmarks.app_project.asgi:application",
@@ -90,8 +94,8 @@ class Options:
     workers: int = 1
     threads: int = 8  # gthread threads per worker
     concurrency: int = 16  # concurrent HTTP clients
-    requests: int = 500  # per configuration, view and round
-    rounds: int = 6
+    requests: int = 200  # per configuration, view and round
+    rounds: int = 10  # a full cycle of orders for 5 configurations
     warmup: int = 50  # requests per configuration and view before the first round
     pool_size: int = 4
     max_overflow: int = 4
@@ -140,6 +144,11 @@ def pool_counters(app: RunningAppServer, config: str, opts: Options) -> dict[str
     return {name: int(stats.get(key, 0)) for name, key in POOL_COUNTERS[config].items()}
 
 
+def exception_lines(log: str) -> list[str]:
+    """The last line of each traceback in ``log``: ``module.SomeError: message``."""
+    return [line for line in log.splitlines() if EXCEPTION_LINE.match(line)]
+
+
 def measure(
     server: Any, app: RunningAppServer, config: str, view: str, opts: Options
 ) -> dict[str, Any]:
@@ -147,6 +156,7 @@ def measure(
     server connections it had open at most and opened, the pool's counters."""
     user = TLS_VARIANTS[opts.tls][0]
     pool_before = pool_counters(app, config, opts)
+    log_before = len(app.log_text())
     opened_before = connections_counter(server)
     with ConnectionSampler(
         server, user=user, database=database_name(config), interval=0.02
@@ -163,7 +173,10 @@ def measure(
         "rps": report.requests_per_second,
         "latencies_ms": [r.latency * 1000 for r in report.results if r.status is not None],
         "errors": len(errors),
-        "error_samples": sorted({e.error or f"HTTP {e.status}" for e in errors})[:5],
+        "error_samples": sorted(
+            {e.error or f"HTTP {e.status}" for e in errors}
+            | (set(exception_lines(app.log_text()[log_before:])) if errors else set())
+        )[:5],
         "server_peak": sampler.peak,
         "server_samples": len(sampler.samples),
         "server_opened": (
@@ -329,11 +342,45 @@ def run(
             "query": "per request: a primary-key lookup and a count (1,000 rows)",
         },
         "machine": meta,
-        "servers": {engine: server_info(s) for engine, s in servers.items()},
+        "servers": {
+            engine: {**server_info(s), "max_connections": max_connections(s)}
+            for engine, s in servers.items()
+        },
         "duration_s": round(time.monotonic() - started, 1),
         "groups": groups,
         "targets": check_targets(groups),
     }
+
+
+def max_connections(server: Any) -> int:
+    """The server's connection limit (``max_connections``)."""
+    if server.engine == "postgresql":
+        return int(server.query("SHOW max_connections")[0][0])
+    return int(server.query("SELECT @@GLOBAL.max_connections")[0][0])
+
+
+def raise_connection_limit(server: Any, limit: int = MAX_CONNECTIONS, log: Any = None) -> int:
+    """Let ``server`` accept ``limit`` connections, as a server this run started
+    may be told to (MariaDB at once; PostgreSQL with a restart): under uvicorn,
+    ``CONN_MAX_AGE=60`` leaves a connection behind for most requests, until
+    the garbage collector closes it, and those must not make another
+    configuration's connections fail. An attached server is left alone (a
+    warning names the setting). The limit now in force."""
+    current = max_connections(server)
+    if current >= limit:
+        return current
+    if server.backend == "external":
+        if log is not None:
+            print(f"warning: {server.engine} accepts {current} connections; CONN_MAX_AGE=60 "
+                  f"under uvicorn may need more: set max_connections >= {limit} on that "
+                  "server, or leave out conn_max_age_60 (--configs)", file=log, flush=True)
+        return current
+    if server.engine == "postgresql":
+        server.query(f"ALTER SYSTEM SET max_connections = {int(limit)}")
+        server.restart()
+    else:
+        server.query(f"SET GLOBAL max_connections = {int(limit)}")
+    return max_connections(server)
 
 
 def _selection(parser: argparse.ArgumentParser, value: str, known: Sequence[str],
@@ -384,6 +431,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         processes=args.processes, tls=args.tls,
     )
     with open_servers(engines, postgres_url=args.postgres_url, mysql_url=args.mysql_url) as servers:
+        for server in servers.values():
+            raise_connection_limit(server, log=sys.stderr)
         results = run(servers, opts, app_servers=app_servers, configs=configs)
     write_report(args.out, args.name, results, markdown_report(results))
     return 0

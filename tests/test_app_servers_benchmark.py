@@ -143,3 +143,59 @@ def test_app_servers_benchmark_smoke(
     # the application servers and their connections are gone
     for config in configs:
         assert server.connection_count(database=database_name(config)) == 0
+
+
+def test_exception_lines_are_the_last_lines_of_tracebacks() -> None:
+    from benchmarks.app_servers import exception_lines
+
+    log = (
+        "[INFO] Booting worker with pid: 12\n"
+        "Internal Server Error: /async/\n"
+        "Traceback (most recent call last):\n"
+        '  File "x.py", line 1, in view\n'
+        "psycopg.OperationalError: connection failed: FATAL:  sorry, too many clients already\n"
+        "sqlalchemy.exc.TimeoutError: QueuePool limit of size 4 overflow 4 reached\n"
+        "multipool.errors.PoolTimeout: default: no connection within 10s\n"
+    )
+    assert exception_lines(log) == [
+        "psycopg.OperationalError: connection failed: FATAL:  sorry, too many clients already",
+        "sqlalchemy.exc.TimeoutError: QueuePool limit of size 4 overflow 4 reached",
+        "multipool.errors.PoolTimeout: default: no connection within 10s",
+    ]
+
+
+def _run(rps: float, peak: int) -> dict[str, Any]:
+    return {"requests": 10, "rps": rps, "latencies_ms": [1.0, 2.0], "errors": 0,
+            "error_samples": [], "server_peak": peak, "server_opened": 0, "pool": None}
+
+
+def test_targets_come_from_ratios_within_rounds() -> None:
+    """Per-round ratios against CONN_MAX_AGE=0 and Django's pool decide the goals;
+    one sample above the budget fails multipool's connection target."""
+    from benchmarks import app_report
+    from benchmarks.app_servers import Options
+
+    configs = ("conn_per_request", "django_pool", "multipool")
+    # the machine slows down in round 2: every configuration alike
+    rates = {"conn_per_request": (100, 50), "django_pool": (280, 140), "multipool": (300, 150)}
+    peaks = {"conn_per_request": 16, "django_pool": 8, "multipool": 9}
+    block = {
+        "runs": {"async": {c: [_run(r, peaks[c]) for r in rates[c]] for c in configs}},
+        "per_round": {"async": [{c: rates[c][i] for c in configs} for i in range(2)]},
+        "opened": {c: 0 for c in configs},
+        "open_after": {c: 8 for c in configs},
+    }
+    summary = app_report.summarize_group([block], configs=configs, views=("async",),
+                                         opts=Options())
+    group = {"engine": "postgresql", "tls": "verify-full", "app_server": "uvicorn", **summary}
+    ratios = group["views"]["async"]["ratios"]
+    assert ratios["multipool_vs_conn_per_request"]["rounds"] == [3.0, 3.0]
+    assert ratios["multipool_vs_django_pool"]["median"] == round(300 / 280, 3)
+    checks = {c["target"]: c for c in app_report.check_targets([group])}
+    met = {target.split(": ", 1)[1]: c["met"] for target, c in checks.items()}
+    assert met == {
+        "multipool >= 1.0x Django native pool": True,
+        "multipool >= 2.5x Django CONN_MAX_AGE=0": True,
+        "multipool peak server connections <= workers x (pool + overflow)": False,
+    }
+    assert group["views"]["async"]["configs"]["conn_per_request"]["within_budget"] is None

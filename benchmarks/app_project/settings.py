@@ -22,3 +22,13 @@ MIDDLEWARE: list[str] = []
 ROOT_URLCONF = "benchmarks.app_project.urls"
 WSGI_APPLICATION = "benchmarks.app_project.wsgi.application"
 DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
+# A request that fails logs its traceback to the server's output, where the
+# benchmark picks up the exception's last line for its report.
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {
+        "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
+    },
+}
