@@ -324,6 +324,8 @@ def run(
         if server is None:
             continue
         chosen = [c for c in engine_configs(engine) if configs is None or c in configs]
+        if not chosen:  # e.g. only django_pool, on MariaDB
+            continue
         for config in chosen:
             create_bench_database(server, database_name(config))
         try:
