@@ -196,6 +196,37 @@ def rounded(value: float | None, digits: int = 3) -> float | None:
     return None if value is None else round(value, digits)
 
 
+def round_ratios(
+    rounds: Sequence[Mapping[str, float]], numerator: str, denominator: str
+) -> dict[str, Any]:
+    """The ratio of two configurations' throughput in each round, their median,
+    and a bootstrap 95 % confidence interval of that median."""
+    per_round = [ratio(r.get(numerator), r.get(denominator)) for r in rounds]
+    ci = median_ci(per_round)
+    return {
+        "median": rounded(median(per_round)),
+        "ci95": None if ci is None else [rounded(ci[0]), rounded(ci[1])],
+        "rounds": [rounded(x) for x in per_round],
+    }
+
+
+def round_blocks(rounds: int, processes: int) -> list[range]:
+    """Split ``rounds`` into ``processes`` consecutive blocks, as even as can be."""
+    processes = max(1, min(processes, rounds))
+    bounds = [round(i * rounds / processes) for i in range(processes + 1)]
+    return [range(bounds[i], bounds[i + 1]) for i in range(processes)]
+
+
+def fmt(value: float | None, spec: str = ".2f") -> str:
+    """``value`` formatted for a table; ``-`` for ``None``."""
+    return "-" if value is None else format(value, spec)
+
+
+def fmt_ci(ci: Sequence[float] | None) -> str:
+    """A confidence interval for a table: ``low to high``, or ``-``."""
+    return "-" if not ci else f"{ci[0]:.2f} to {ci[1]:.2f}"
+
+
 def configure_django(databases: Mapping[str, Mapping[str, Any]]) -> None:
     """Set up Django in a benchmark process (once per process) with ``databases``."""
     import django

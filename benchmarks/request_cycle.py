@@ -68,13 +68,15 @@ from benchmarks.common import (
     create_bench_database,
     database_name,
     drop_bench_database,
+    fmt,
+    fmt_ci,
     machine_info,
     median,
-    median_ci,
     open_servers,
     parse_selection,
     percentile,
-    ratio,
+    round_blocks,
+    round_ratios,
     rounded,
     server_info,
     settled_sessions,
@@ -291,27 +293,6 @@ def _ms(us: float | None) -> float | None:
     return None if us is None else us / 1000
 
 
-def _round_ratios(
-    rounds: list[dict[str, float]], numerator: str, denominator: str
-) -> dict[str, Any]:
-    """The ratio of two configurations' throughput in each round, their median,
-    and a bootstrap 95 % confidence interval of that median."""
-    per_round = [ratio(r.get(numerator), r.get(denominator)) for r in rounds]
-    ci = median_ci(per_round)
-    return {
-        "median": rounded(median(per_round)),
-        "ci95": None if ci is None else [rounded(ci[0]), rounded(ci[1])],
-        "rounds": [rounded(x) for x in per_round],
-    }
-
-
-def _blocks(rounds: int, processes: int) -> list[range]:
-    """Split ``rounds`` into ``processes`` consecutive blocks, as even as can be."""
-    processes = max(1, min(processes, rounds))
-    bounds = [round(i * rounds / processes) for i in range(processes + 1)]
-    return [range(bounds[i], bounds[i + 1]) for i in range(processes)]
-
-
 def run_group(
     server: Any,
     *,
@@ -353,7 +334,7 @@ def run_group(
     open_after: dict[str, int] = {}
     monitor = PeakMonitor(server)
     try:
-        for block in _blocks(rounds, processes):
+        for block in round_blocks(rounds, processes):
             workers: dict[str, Worker] = {}
             try:
                 for config in configs:
@@ -450,10 +431,10 @@ def run_group(
         for other in configs:
             if other == "multipool":
                 continue
-            ratios[f"multipool_vs_{other}"] = _round_ratios(per_round, "multipool", other)
+            ratios[f"multipool_vs_{other}"] = round_ratios(per_round, "multipool", other)
     for other in configs:
         if other != "persistent" and "persistent" in configs:
-            ratios[f"{other}_vs_persistent"] = _round_ratios(per_round, other, "persistent")
+            ratios[f"{other}_vs_persistent"] = round_ratios(per_round, other, "persistent")
     return {
         "engine": engine,
         "flavor": server.flavor,
@@ -466,7 +447,7 @@ def run_group(
         "ratios": ratios,
         "rounds": [{k: rounded(v, 1) for k, v in r.items()} for r in per_round],
         "orders": orders,
-        "processes_per_config": len(_blocks(rounds, processes)),
+        "processes_per_config": len(round_blocks(rounds, processes)),
         "runs": {c: runs[c] for c in configs},
     }
 
@@ -614,10 +595,6 @@ def run(
 # -- output --------------------------------------------------------------------------
 
 
-def _fmt(value: float | None, spec: str = ".2f") -> str:
-    return "-" if value is None else format(value, spec)
-
-
 def markdown_table(results: Mapping[str, Any]) -> str:
     """The results as a Markdown table (one row per engine x TLS x configuration)."""
     lines = [
@@ -639,17 +616,13 @@ def markdown_table(results: Mapping[str, Any]) -> str:
             conns = summary["server_connections"]
             name = f"**{summary['label']}**" if config == "multipool" else summary["label"]
             lines.append(
-                f"| {server} | {group['tls']} | {name} | {_fmt(summary['rps_median'], '.0f')} | "
-                f"{_fmt(vs_persistent)} | {_fmt_ci(vs_entry.get('ci95'))} | {_fmt(mp_vs)} | "
-                f"{_fmt(summary.get('client_cpu_us'), '.0f')} | {_fmt(summary['p50_ms'], '.3f')} | "
-                f"{_fmt(summary['p99_ms'], '.3f')} | {_fmt(conns['opened'], 'd')} | "
-                f"{_fmt(conns['peak'], 'd')} | {summary['errors']} |"
+                f"| {server} | {group['tls']} | {name} | {fmt(summary['rps_median'], '.0f')} | "
+                f"{fmt(vs_persistent)} | {fmt_ci(vs_entry.get('ci95'))} | {fmt(mp_vs)} | "
+                f"{fmt(summary.get('client_cpu_us'), '.0f')} | {fmt(summary['p50_ms'], '.3f')} | "
+                f"{fmt(summary['p99_ms'], '.3f')} | {fmt(conns['opened'], 'd')} | "
+                f"{fmt(conns['peak'], 'd')} | {summary['errors']} |"
             )
     return "\n".join(lines)
-
-
-def _fmt_ci(ci: Sequence[float] | None) -> str:
-    return "-" if not ci else f"{ci[0]:.2f} to {ci[1]:.2f}"
 
 
 def targets_table(results: Mapping[str, Any]) -> str:
@@ -659,11 +632,11 @@ def targets_table(results: Mapping[str, Any]) -> str:
     ]
     for check in results["targets"]:
         value = check["value"]
-        shown = _fmt(value, "d") if isinstance(value, int) else _fmt(value)
+        shown = fmt(value, "d") if isinstance(value, int) else fmt(value)
         met = {True: "yes", False: "**no**", None: "-"}[check["met"]]
         lines.append(
             f"| {check['engine']} | {check['tls']} | {check['target']} | {shown} | "
-            f"{_fmt_ci(check.get('ci95'))} | {check['goal']} | {met} |"
+            f"{fmt_ci(check.get('ci95'))} | {check['goal']} | {met} |"
         )
     return "\n".join(lines)
 
