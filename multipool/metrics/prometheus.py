@@ -50,6 +50,7 @@ from multipool.metrics.readings import pool_readings
 
 __all__ = [
     "MULTIPROC_DIR",
+    "MetricsUnavailable",
     "PoolChildren",
     "PrometheusInstruments",
     "current",
@@ -194,24 +195,42 @@ def _register_collector() -> None:
         _registered = True
 
 
-def exposition() -> tuple[bytes, str]:
-    """What a scrape returns, and its content type: in multiprocess mode, every
-    process's metrics summed from the directory's files (this process's observed
-    values written first); else the default registry, multipool's collector in it."""
-    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+class MetricsUnavailable(RuntimeError):
+    """No exposition can be made: ``prometheus_client`` is missing, or the
+    multiprocess directory is (the message says which, and the fix)."""
 
+
+def exposition(accept: str | None = None) -> tuple[bytes, str]:
+    """What a scrape returns, and its content type (OpenMetrics when ``accept``, a
+    request's ``Accept`` header, asks for it): in multiprocess mode, every
+    process's metrics summed from the directory's files (this process's observed
+    values written first); else the default registry, multipool's collector in it.
+    Raises :class:`MetricsUnavailable`."""
+    try:
+        from prometheus_client import REGISTRY, CollectorRegistry
+        from prometheus_client.exposition import choose_encoder
+    except ImportError:
+        raise MetricsUnavailable(
+            "multipool: prometheus_client is not installed: pip install 'multipool[prometheus]'"
+        ) from None
+    encode, content_type = choose_encoder(accept or "")
     directory = multiprocess_dir()
     if directory is None:
         _register_collector()
-        return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+        return encode(REGISTRY), content_type
     from prometheus_client.multiprocess import MultiProcessCollector
 
-    made = instruments()
+    if not os.path.isdir(directory):
+        raise MetricsUnavailable(
+            f"multipool: {MULTIPROC_DIR}={directory} does not exist: create it (empty) before "
+            f"the application server starts, or unset {MULTIPROC_DIR} for one-process metrics"
+        )
+    made = current
     if made is not None and made.publisher is not None:
         made.publisher.publish()
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=directory)
-    return generate_latest(registry), CONTENT_TYPE_LATEST
+    return encode(registry), content_type
 
 
 def _after_fork_in_child() -> None:

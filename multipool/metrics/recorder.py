@@ -39,11 +39,13 @@ _failure_logged = False
 class PoolRecorder:
     """One pool's measurements (see the module doc)."""
 
-    __slots__ = ("_prometheus", "alias", "attributes", "db_system", "labels", "role")
+    __slots__ = ("_prometheus", "_prometheus_on", "alias", "attributes", "db_system", "labels",
+                 "role")  # fmt: skip
 
     def __init__(self, alias: str, role: str, db_system: str) -> None:
         self.alias = alias
         self.role = role
+        self._prometheus_on = prometheus.current is not None
         self._name(db_system)
 
     def _name(self, db_system: str) -> None:
@@ -52,10 +54,15 @@ class PoolRecorder:
         self.attributes = {POOL_NAME: self.alias, DB_SYSTEM: db_system, ROLE: self.role}
         #: Prometheus label values
         self.labels = (self.alias, db_system, self.role)
-        made = prometheus.current
-        self._prometheus: PoolChildren | None = (
-            made.children(self.labels) if made is not None else None
-        )
+        self._prometheus: PoolChildren | None = None
+
+    def _prom(self) -> PoolChildren | None:
+        """This pool's Prometheus series, made at its first record: by then its first
+        connection has told MySQL from MariaDB (no series under the wrong name)."""
+        if self._prometheus is None and self._prometheus_on:
+            made = prometheus.current
+            self._prometheus = made.children(self.labels) if made is not None else None
+        return self._prometheus
 
     def created(self, seconds: float, db_system: str) -> None:
         try:
@@ -64,8 +71,9 @@ class PoolRecorder:
             instruments = otel.current
             if instruments is not None:
                 instruments.create_time.record(seconds, self.attributes)
-            if self._prometheus is not None:
-                self._prometheus.create_time.observe(seconds)
+            children = self._prom()
+            if children is not None:
+                children.create_time.observe(seconds)
         except Exception:
             _failed(self.alias)
 
@@ -74,8 +82,9 @@ class PoolRecorder:
             instruments = otel.current
             if instruments is not None:
                 instruments.wait_time.record(seconds, self.attributes)
-            if self._prometheus is not None:
-                self._prometheus.wait_time.observe(seconds)
+            children = self._prom()
+            if children is not None:
+                children.wait_time.observe(seconds)
         except Exception:
             _failed(self.alias)
 
@@ -84,8 +93,9 @@ class PoolRecorder:
             instruments = otel.current
             if instruments is not None:
                 instruments.use_time.record(seconds, self.attributes)
-            if self._prometheus is not None:
-                self._prometheus.use_time.observe(seconds)
+            children = self._prom()
+            if children is not None:
+                children.use_time.observe(seconds)
         except Exception:
             _failed(self.alias)
 
@@ -94,8 +104,9 @@ class PoolRecorder:
             instruments = otel.current
             if instruments is not None:
                 instruments.timeouts.add(1, self.attributes)
-            if self._prometheus is not None:
-                self._prometheus.timeouts.inc()
+            children = self._prom()
+            if children is not None:
+                children.timeouts.inc()
         except Exception:
             _failed(self.alias)
 
@@ -104,8 +115,9 @@ class PoolRecorder:
             instruments = otel.current
             if instruments is not None:
                 instruments.invalidations.add(1, self.attributes)
-            if self._prometheus is not None:
-                self._prometheus.invalidations.inc()
+            children = self._prom()
+            if children is not None:
+                children.invalidations.inc()
         except Exception:
             _failed(self.alias)
 
