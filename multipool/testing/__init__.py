@@ -33,7 +33,9 @@ Backends, tried in this order for each engine:
 Modules, each importing only those listed before it: ``servers`` (base classes
 and helpers), ``postgres`` and ``mysql`` (the servers, their users, local
 binaries), ``containers``, ``external``, ``start`` (picks the backend),
-``replica``, ``mysql_replica``, ``pgbouncer_process`` and ``pgbouncer``, ``plugin`` (pytest).
+``replica``, ``mysql_replica``, ``pgbouncer_process`` and ``pgbouncer``, ``plugin`` (pytest);
+``load_client`` and ``app_servers`` (gunicorn and uvicorn under an HTTP load, with the
+server-side connections sampled) import only ``servers``.
 
 Environment variables:
 

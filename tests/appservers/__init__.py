@@ -1,0 +1,1 @@
+"""multipool under real application servers: gunicorn (sync, gthread) and uvicorn."""
