@@ -55,26 +55,38 @@ def value(found: dict[Any, float], name: str, pool: str, **labels: str) -> float
 # -- one process ------------------------------------------------------------------------
 
 
-def test_view_shows_this_process_pools(server, make_alias):
-    conn = make_alias(POOL_SIZE="2", MAX_OVERFLOW="1")
-    for _ in range(5):
-        request_cycle(conn)
+def scrape_view() -> dict[Any, float]:
     response = metrics(RequestFactory().get("/metrics"))
     assert response.status_code == 200
     assert response["Content-Type"].startswith("text/plain; version=0.0.4")
-    found = samples(response.content.decode())
+    return samples(response.content.decode())
+
+
+def test_view_shows_this_process_pools(server, make_alias):
+    conn = make_alias(POOL_SIZE="2", MAX_OVERFLOW="1")
+    request_cycle(conn)
+    scrape_view()  # (one process: the histograms and counters record from a first scrape on)
+    before, st0 = scrape_view(), stats(conn)
+    for _ in range(5):
+        request_cycle(conn)
+    found = scrape_view()
     alias, st = conn.alias, stats(conn)
+
+    def grew(name: str, **labels: str) -> float:
+        # (a pool's series appear with its first record after the first scrape)
+        had = any(n == name and ("pool_name", alias) in have for n, have in before)
+        earlier = value(before, name, alias, **labels) if had else 0.0
+        return value(found, name, alias, **labels) - earlier
+
     assert value(found, "db_client_connection_count", alias, state="idle") == st.idle
     assert value(found, "db_client_connection_count", alias, state="used") == 0
     assert value(found, "db_client_connection_max", alias) == 3
     assert value(found, "db_client_connection_idle_max", alias) == 2
     assert value(found, "db_client_connection_pending_requests", alias) == 0
     assert value(found, "db_client_connection_timeouts_total", alias) == 0
-    assert value(found, "db_client_connection_use_time_seconds_count", alias) == st.checkouts
-    assert value(found, "db_client_connection_create_time_seconds_count", alias) == st.connects
-    assert value(
-        found, "db_client_connection_use_time_seconds_bucket", alias, le="+Inf"
-    ) == st.checkouts
+    assert grew("db_client_connection_use_time_seconds_count") == 5 == st.checkouts - st0.checkouts
+    assert grew("db_client_connection_use_time_seconds_bucket", le="+Inf") == 5
+    assert grew("db_client_connection_create_time_seconds_count") == st.connects - st0.connects
     labels = dict(next(have for (n, have) in found if ("pool_name", alias) in have))
     assert labels["db_system_name"] == server.flavor and labels["role"] == "primary"
     # every metric multipool exports, under the names the docs and the dashboard use
@@ -93,6 +105,48 @@ def test_view_speaks_openmetrics_when_asked():
     assert response["Content-Type"].startswith("application/openmetrics-text")
     assert response.content.decode().rstrip().endswith("# EOF")
     assert metrics(RequestFactory().post("/metrics")).status_code == 405
+
+
+UNSCRAPED = textwrap.dedent(
+    """
+    import django
+    from django.conf import settings
+    import multipool
+    settings.configure(DATABASES=multipool.databases())
+    django.setup()
+    from django.core.signals import request_finished, request_started
+    from django.db import connection
+    from multipool.metrics.prometheus import exposition
+
+    def requests(count):
+        for _ in range(count):
+            request_started.send(sender=None)
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+            request_finished.send(sender=None)
+
+    requests(4)
+    print(exposition()[0].decode())
+    requests(3)
+    print(exposition()[0].decode())
+    """
+)
+
+
+def test_one_process_records_from_the_first_scrape_on(postgres_server, tmp_path):
+    """An application with prometheus_client installed that nobody scrapes pays
+    nothing per request for it; the first scrape starts the histograms."""
+    env = clean_env(DATABASE_URL=postgres_server.url("app"))
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    out = subprocess.run(
+        [sys.executable, "-c", UNSCRAPED], env=env, cwd=tmp_path, capture_output=True,
+        text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    first, second = (samples(part) for part in out.stdout.split("\n\n", 1))
+    assert value(first, "db_client_connection_count", "default", state="idle") == 1
+    assert not any(name.startswith("db_client_connection_use_time") for name, _ in first)
+    assert value(second, "db_client_connection_use_time_seconds_count", "default") == 3
 
 
 def test_cli_connect_shows_the_command_own_pool(server, tmp_path):

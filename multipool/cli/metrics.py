@@ -19,6 +19,7 @@ from multipool.metrics.prometheus import (
     MetricsUnavailable,
     exposition,
     multiprocess_dir,
+    start_recording,
 )
 from multipool.status import warm_pools
 
@@ -37,7 +38,9 @@ def cmd_metrics(args: argparse.Namespace, masker: Masker) -> int:
         from django.conf import settings
 
         masker.add_databases(settings.DATABASES)
-        failures = warm_pools(settings.DATABASES) if args.connect else {}
+        if args.connect:
+            start_recording()  # as if scraped before: the connect and the checkout count
+            failures = warm_pools(settings.DATABASES)
     try:
         body, _ = exposition()
     except MetricsUnavailable as exc:

@@ -9,7 +9,9 @@ and ``role`` (and ``state`` for the connection count). Two modes, chosen by
   this process; the observed values (connections by state, limits, waiting
   checkouts) are read from the pools at scrape time by a collector registered
   in ``prometheus_client``'s default registry -- also what any other exporter
-  of that registry serves.
+  of that registry serves. The histograms and counters record from the first
+  scrape on (:attr:`PrometheusInstruments.recording`): an application that has
+  ``prometheus_client`` installed but is never scraped pays nothing per request.
 * **Multiprocess** (gunicorn and other pre-fork servers): every process writes
   its values to files in that directory and a scrape of any process sums the
   files of all of them (:func:`exposition`). Counters and histograms are
@@ -57,6 +59,7 @@ __all__ = [
     "exposition",
     "instruments",
     "multiprocess_dir",
+    "start_recording",
 ]
 
 logger = logging.getLogger("multipool.metrics")
@@ -94,6 +97,9 @@ class PrometheusInstruments:
         from prometheus_client import Counter, Histogram
 
         self.multiprocess = directory is not None
+        #: whether pools record their histograms and counters: from the first
+        #: scrape on in one process (:func:`start_recording`); always multiprocess
+        self.recording = self.multiprocess
         # registry=None: never registered twice; the collector below (one process)
         # or the files (multiprocess) expose them
         self.metrics: dict[str, Any] = {
@@ -112,6 +118,14 @@ class PrometheusInstruments:
         """A pool that reports metrics was created: multiprocess, publish from now on."""
         if self.publisher is not None:
             self.publisher.start()
+
+
+def start_recording() -> None:
+    """Pools record their histograms and counters from now on (one process: the first
+    scrape calls this; ``multipool metrics --connect`` before it connects)."""
+    made = instruments()
+    if made is not None:
+        made.recording = True
 
 
 class PoolCollector:
@@ -136,6 +150,7 @@ class PoolCollector:
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import GaugeMetricFamily
 
+        start_recording()
         readings = pool_readings()
         for observed in OBSERVED:
             labels = [*LABELS, STATE_LABEL] if observed.states else list(LABELS)

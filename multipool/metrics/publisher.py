@@ -19,6 +19,11 @@ gauge writes (a lock and an mmap write each) per checkout and two per checkin.
 
 A pool that is gone (disposed, or replaced by a changed configuration) has its
 gauges set to 0, so a live process never reports connections it no longer has.
+
+**Fork**: ``prometheus_client`` guards its files with one lock per process; a
+child forked while another thread holds it would wait for it forever. A fork
+therefore waits until the publisher is between two writes (``os.register_at_fork``),
+and the child starts a publisher of its own when it creates its first pool.
 The counters and histograms are not written here: they are written where their
 events happen (:mod:`multipool.metrics.prometheus`).
 """
@@ -26,8 +31,10 @@ events happen (:mod:`multipool.metrics.prometheus`).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+import weakref
 from typing import Any
 
 from multipool.metrics.names import LABELS, OBSERVED, STATE_LABEL
@@ -39,6 +46,10 @@ logger = logging.getLogger("multipool.metrics")
 
 #: seconds between two writes of a process's observed values
 PUBLISH_INTERVAL = 1.0
+
+
+#: the publishers of this process (one, unless replaced after a fork)
+_publishers: weakref.WeakSet[Publisher] = weakref.WeakSet()
 
 
 class Publisher:
@@ -61,6 +72,7 @@ class Publisher:
         self._written: set[tuple[str, tuple[str, ...]]] = set()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        _publishers.add(self)
 
     def publish(self) -> None:
         """Write every pool's observed values now; zero those of pools that are gone."""
@@ -93,3 +105,26 @@ class Publisher:
                 self.publish()
             except Exception:
                 logger.exception("multipool: writing the pool metrics failed")
+
+
+_held: list[Publisher] = []  # the publishers a fork in progress waited for
+
+
+def _hold_for_fork() -> None:
+    _held[:] = list(_publishers)
+    for publisher in _held:
+        publisher._lock.acquire()
+
+
+def _release_after_fork() -> None:
+    for publisher in _held:
+        publisher._lock.release()
+    _held.clear()
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
+    os.register_at_fork(
+        before=_hold_for_fork,
+        after_in_parent=_release_after_fork,
+        after_in_child=_release_after_fork,
+    )

@@ -57,11 +57,13 @@ class PoolRecorder:
         self._prometheus: PoolChildren | None = None
 
     def _prom(self) -> PoolChildren | None:
-        """This pool's Prometheus series, made at its first record: by then its first
-        connection has told MySQL from MariaDB (no series under the wrong name)."""
+        """This pool's Prometheus series, made at its first record once Prometheus
+        records (:attr:`~multipool.metrics.prometheus.PrometheusInstruments.recording`):
+        by then its first connection has told MySQL from MariaDB."""
         if self._prometheus is None and self._prometheus_on:
             made = prometheus.current
-            self._prometheus = made.children(self.labels) if made is not None else None
+            if made is not None and made.recording:
+                self._prometheus = made.children(self.labels)
         return self._prometheus
 
     def created(self, seconds: float, db_system: str) -> None:

@@ -422,6 +422,7 @@ class AliasPool:
         self._checkin(lease, reason if broken else None)
 
     def _checkin(self, lease: Lease, broken: str | None = None) -> None:
+        """:meth:`checkin` once its use is recorded; ``broken``: the reason, or ``None``."""
         if broken is not None:
             self.mark_suspect()
             self._invalidate(lease, None, broken)
