@@ -9,12 +9,14 @@ view of its connections, and the waits and timeouts the test caused.
 
 from __future__ import annotations
 
+import secrets
 import subprocess
 import sys
 import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from typing import Any
 
 import pytest
@@ -25,6 +27,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from multipool.errors import PoolTimeout
 from multipool.metrics import otel
 from multipool.pools import manager
+from tests.conftest import alias_entry, registered_alias
 from tests.test_pool_lifecycle import Holder, in_threads, request_cycle, stats
 
 POOL_NAME = "db.client.connection.pool.name"
@@ -92,10 +95,28 @@ def poll(check: Callable[[], bool], timeout: float = 5.0) -> bool:
     return check()
 
 
-def test_metrics_of_two_aliases_match_what_happened(server, make_alias, reader):
-    baseline = server.connection_count(user="app", database=server.database)
-    busy = make_alias(POOL_SIZE="2", MAX_OVERFLOW="0")  # four threads share two connections
-    roomy = make_alias(POOL_SIZE="3", MAX_OVERFLOW="2")
+@pytest.fixture
+def two_aliases(server: Any) -> Iterator[tuple[Any, Any, str]]:
+    """Two aliases on a database of their own (its connections are theirs alone)."""
+    database = f"metrics_{secrets.token_hex(4)}"
+    server.create_database(database)
+    try:
+        with ExitStack() as stack:
+            made = []
+            for name, env in (("busy", {"POOL_SIZE": "2", "MAX_OVERFLOW": "0"}),
+                              ("roomy", {"POOL_SIZE": "3", "MAX_OVERFLOW": "2"})):  # fmt: skip
+                alias = f"{name}{secrets.token_hex(3)}"
+                entry = alias_entry(server, alias, env, database=database)
+                made.append(stack.enter_context(registered_alias(alias, entry)))
+            yield made[0], made[1], database
+    finally:
+        server.drop_database(database)
+
+
+def test_metrics_of_two_aliases_match_what_happened(server, two_aliases, reader):
+    busy, roomy, database = two_aliases  # four threads share busy's two connections
+    for conn in (busy, roomy):
+        request_cycle(conn)
     before = Collected(reader)
     checkouts = {c.alias: stats(c).checkouts for c in (busy, roomy)}
     per_thread, threads = 25, 4
@@ -127,7 +148,7 @@ def test_metrics_of_two_aliases_match_what_happened(server, make_alias, reader):
     assert after.used_idle(busy.alias)[1] <= 2
     # the open connections the metrics report are the ones the server sees
     opened = sum(after.used_idle(c.alias)[1] for c in (busy, roomy))
-    server.wait_for_connection_count(baseline + opened, user="app", database=server.database)
+    assert server.wait_for_connection_count(opened, user="app", database=database) == opened
 
 
 def test_exhausted_pool_reports_use_wait_and_timeout(make_alias, reader):
