@@ -306,3 +306,27 @@ def test_cli_multiprocess_refuses_connect_and_a_missing_directory(tmp_path):
     assert result.returncode == 2
     assert "--connect" in result.stderr
     assert not list(tmp_path.glob("*.db"))  # nothing written
+
+
+def test_view_without_prometheus_client_says_what_to_install(tmp_path):
+    script = textwrap.dedent(
+        """
+        import sys
+        sys.modules["prometheus_client"] = None  # not installed
+        import django
+        from django.conf import settings
+        settings.configure()
+        django.setup()
+        from django.test import RequestFactory
+        from multipool.views import metrics
+        response = metrics(RequestFactory().get("/metrics"))
+        print(response.status_code, response.content.decode())
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=clean_env(), cwd=tmp_path, capture_output=True,
+        text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("500 ")
+    assert "pip install 'multipool[prometheus]'" in out.stdout
