@@ -27,6 +27,16 @@ A request is what Django's ``close_old_connections`` does for *this* alias at
 sending the signals would run every other alias's checks as well, and a
 persistent connection's checks (``get_autocommit()`` through
 ``ensure_connection()``) cost more than a pooled one's.
+
+**Metrics** (:data:`METRICS_CONFIGS`): ``multipool_otel`` is multipool with its
+OpenTelemetry metrics, an SDK MeterProvider collecting every second (into an
+exporter that discards); ``multipool_prometheus`` with Prometheus in multiprocess
+mode (``PROMETHEUS_MULTIPROC_DIR``, the connection counts published every
+second). Either needs a worker of its own -- the provider and the multiprocess
+mode are process-wide -- which holds the other chosen configurations too, with
+``multipool`` as the reference with its metrics off (``pool_metrics`` False),
+and the other metrics library made unimportable. Their rows add the ratios to
+``multipool``.
 """
 
 from __future__ import annotations
@@ -69,13 +79,55 @@ from benchmarks.common import (
 
 DEFAULT_CONFIGS = ("persistent", "persistent_control", "multipool")
 REFERENCE = "persistent"
+#: multipool with its metrics on: configuration -> what the worker sets up
+METRICS_CONFIGS = {"multipool_otel": "otel", "multipool_prometheus": "prometheus"}
 SQL = f"SELECT name FROM {BENCH_TABLE} WHERE id = %s"
 
 
 # -- the worker process --------------------------------------------------------------
 
 
-def _serve_blocks(setup: Mapping[str, Any]) -> dict[str, list[dict[str, float]]]:
+def _discarding_exporter() -> Any:
+    """An OpenTelemetry metric exporter that drops what it is given."""
+    from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult
+
+    class Discard(MetricExporter):
+        def export(self, metrics_data: Any, timeout_millis: float = 0, **kw: Any) -> Any:
+            return MetricExportResult.SUCCESS
+
+        def force_flush(self, timeout_millis: float = 0) -> bool:
+            return True
+
+        def shutdown(self, timeout_millis: float = 0, **kw: Any) -> None:
+            return None
+
+    return Discard()
+
+
+def _set_up_metrics(kind: str | None) -> None:
+    """What a metrics configuration needs in its worker, before multipool records."""
+    if kind == "otel":
+        from opentelemetry import metrics
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+        sys.modules["prometheus_client"] = None  # type: ignore[assignment]
+        reader = PeriodicExportingMetricReader(_discarding_exporter(), export_interval_millis=1000)
+        metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+    elif kind == "prometheus":
+        import tempfile
+
+        sys.modules["opentelemetry"] = None  # type: ignore[assignment]
+        directory = tempfile.mkdtemp(prefix="multipool-bench-prometheus-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+        import atexit
+        import shutil
+
+        atexit.register(shutil.rmtree, directory, True)
+
+
+def _serve_blocks(setup: Mapping[str, Any]) -> dict[str, Any]:
+    _set_up_metrics(setup.get("metrics"))
     configure_django({"default": setup["entries"][setup["configs"][0]], **setup["entries"]})
     from django.db import connections
 
@@ -137,10 +189,13 @@ def _serve_blocks(setup: Mapping[str, Any]) -> dict[str, list[dict[str, float]]]
     end.wait()
     from multipool.pools import manager
 
+    # which aliases recorded metrics (their pool has a recorder)
+    recording = {alias: getattr(manager.get(alias), "recorder", None) is not None
+                 for alias in configs}  # fmt: skip
     manager.dispose()  # the parked connections too
     if errors:
         raise RuntimeError("; ".join(sorted(set(errors))[:5]))
-    return measured
+    return {"blocks": measured, "recording": recording}
 
 
 def worker_main() -> int:
@@ -155,13 +210,21 @@ def worker_main() -> int:
 # -- the harness ---------------------------------------------------------------------
 
 
+def _ratios(
+    blocks: list[dict[str, float]], reference: list[dict[str, float]]
+) -> tuple[list[float], list[float]]:
+    """Per block pair: the throughput and the CPU time of ``blocks`` over ``reference``'s."""
+    pairs = list(zip(blocks, reference, strict=True))
+    return (
+        [ref["wall_us"] / own["wall_us"] for own, ref in pairs],
+        [own["cpu_us"] / ref["cpu_us"] for own, ref in pairs],
+    )
+
+
 def _summarize(measured: Mapping[str, list[dict[str, float]]]) -> dict[str, Any]:
-    reference = measured[REFERENCE]
     summary: dict[str, Any] = {}
     for config, blocks in measured.items():
-        pairs = list(zip(blocks, reference, strict=True))
-        throughput = [ref["wall_us"] / own["wall_us"] for own, ref in pairs]
-        cpu = [own["cpu_us"] / ref["cpu_us"] for own, ref in pairs]
+        throughput, cpu = _ratios(blocks, measured[REFERENCE])
         summary[config] = {
             "wall_us_per_request": rounded(median(b["wall_us"] for b in blocks), 1),
             "cpu_us_per_request": rounded(median(b["cpu_us"] for b in blocks), 1),
@@ -171,6 +234,10 @@ def _summarize(measured: Mapping[str, list[dict[str, float]]]) -> dict[str, Any]
             "blocks_faster_than_persistent": sum(r > 1 for r in throughput),
             "blocks": len(blocks),
         }
+        if config in METRICS_CONFIGS and "multipool" in measured:
+            throughput, cpu = _ratios(blocks, measured["multipool"])
+            summary[config]["throughput_x_multipool"] = rounded(median(throughput))
+            summary[config]["cpu_x_multipool"] = rounded(median(cpu))
     return summary
 
 
@@ -186,9 +253,13 @@ def run(
 ) -> dict[str, Any]:
     if REFERENCE not in configs:
         raise ValueError(f"the paired benchmark needs {REFERENCE!r} among the configurations")
+    with_metrics = [c for c in configs if c in METRICS_CONFIGS]
+    base = [c for c in configs if c not in METRICS_CONFIGS]
+    if with_metrics and "multipool" not in base:
+        raise ValueError("the metrics configurations need 'multipool' (their reference)")
     placed = None if placement is None else placement.pin_servers(servers)
     groups = []
-    for engine, server, tls_variant, chosen in bench_groups(servers, configs, tls_variants):
+    for engine, server, tls_variant, chosen in bench_groups(servers, base, tls_variants):
         user, tls = TLS_VARIANTS[tls_variant]
         entries = {
             c: config_entry(
@@ -196,26 +267,32 @@ def run(
             )
             for c in chosen
         }
-        measured = _run_worker(
-            {
-                "configs": chosen,
-                "entries": entries,
-                "threads": threads,
-                "requests": requests,
-                "blocks": blocks,
-            },
-            None if placement is None else placement.client,
-        )
-        for config in chosen:
-            server.wait_for_connection_count(
-                0, user=user, database=database_name(config), timeout=10
+        for metrics in with_metrics or [None]:
+            worker_entries = _with_metrics(entries, metrics)
+            result = _run_worker(
+                {
+                    "configs": list(worker_entries),
+                    "entries": worker_entries,
+                    "threads": threads,
+                    "requests": requests,
+                    "blocks": blocks,
+                    "metrics": METRICS_CONFIGS.get(metrics or ""),
+                },
+                None if placement is None else placement.client,
             )
-        groups.append({
-            "engine": engine,
-            "tls": tls_variant,
-            "configs": _summarize(measured),
-            "blocks": measured,
-        })
+            measured = result["blocks"]
+            for config in chosen:
+                server.wait_for_connection_count(
+                    0, user=user, database=database_name(config), timeout=10
+                )
+            groups.append({
+                "engine": engine,
+                "tls": tls_variant,
+                "metrics": metrics,
+                "configs": _summarize(measured),
+                "blocks": measured,
+                "recording_metrics": result["recording"],
+            })
     return {
         "benchmark": "paired",
         "parameters": {
@@ -229,6 +306,17 @@ def run(
         "servers": {engine: server_info(s) for engine, s in servers.items()},
         "groups": groups,
     }
+
+
+def _with_metrics(entries: Mapping[str, Any], metrics: str | None) -> dict[str, Any]:
+    """The aliases of one worker: ``metrics`` (a copy of multipool's entry, on the same
+    database) besides the others, multipool's own with its metrics off."""
+    if metrics is None:
+        return dict(entries)
+    plain = entries["multipool"]
+    off = {**plain, "OPTIONS": {**plain["OPTIONS"], "pool_metrics": False}}
+    on = {**plain, "OPTIONS": {**plain["OPTIONS"], "pool_metrics": True}}
+    return {**entries, "multipool": off, metrics: on}
 
 
 def _run_worker(setup: Mapping[str, Any], cpus: frozenset[int] | None) -> Any:
@@ -251,16 +339,23 @@ def _run_worker(setup: Mapping[str, Any], cpus: frozenset[int] | None) -> Any:
 def markdown_table(results: Mapping[str, Any]) -> str:
     lines = [
         "| Server | TLS | Configuration | CPU µs/request | wall µs/request "
-        "| throughput x persistent | CPU x persistent | blocks faster |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| throughput x persistent | CPU x persistent | blocks faster "
+        "| throughput x multipool | CPU x multipool |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for group in results["groups"]:
         for config, s in group["configs"].items():
+            versus = (
+                f"{s['throughput_x_multipool']:.3f} | {s['cpu_x_multipool']:.3f}"
+                if "throughput_x_multipool" in s
+                else "- | -"
+            )
+            worker = f" ({group['metrics']} worker)" if group.get("metrics") else ""
             lines.append(
-                f"| {group['engine']} | {group['tls']} | {config} | "
+                f"| {group['engine']} | {group['tls']}{worker} | {config} | "
                 f"{s['cpu_us_per_request']:.1f} | {s['wall_us_per_request']:.1f} | "
                 f"{s['throughput_x_persistent']:.3f} | {s['cpu_x_persistent']:.3f} | "
-                f"{s['blocks_faster_than_persistent']}/{s['blocks']} |"
+                f"{s['blocks_faster_than_persistent']}/{s['blocks']} | {versus} |"
             )
     return "\n".join(lines)
 
@@ -273,7 +368,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--engines", default=",".join(ENGINES), help="postgresql,mysql")
     parser.add_argument("--tls", default=",".join(TLS_VARIANTS), help="off,verify-full")
     parser.add_argument(
-        "--configs", default=",".join(DEFAULT_CONFIGS), help=f"subset of {','.join(CONFIGS)}"
+        "--configs",
+        default=",".join(DEFAULT_CONFIGS),
+        help=f"subset of {','.join([*CONFIGS, *METRICS_CONFIGS])}",
     )
     parser.add_argument("--threads", type=int, default=4, help="threads (= pool size)")
     parser.add_argument(
@@ -288,10 +385,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.worker:
         return worker_main()
+    named = [c for c in args.configs.split(",") if c]
     engines, tls_variants, selected = parse_selection(
-        parser, args.engines, args.tls, args.configs
+        parser, args.engines, args.tls, ",".join(c for c in named if c not in METRICS_CONFIGS)
     )
-    configs = selected or list(DEFAULT_CONFIGS)
+    configs = [*(selected or DEFAULT_CONFIGS), *(c for c in named if c in METRICS_CONFIGS)]
+    if any(c in METRICS_CONFIGS for c in configs) and "multipool" not in configs:
+        parser.error("--configs: the metrics configurations need multipool (their reference)")
     if REFERENCE not in configs:
         parser.error(f"--configs must include {REFERENCE}")
     if "conn_per_request" in configs:

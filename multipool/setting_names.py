@@ -48,6 +48,7 @@ POOL_ATTRIBUTES: Mapping[str, str] = {
     "pool_overflow_idle": "overflow_idle",
     "pool_lifo": "lifo",
     "pool_reset": "reset",
+    "pool_metrics": "metrics",
     "pooler": "pooler",
     "connect_timeout": "connect_timeout",
     "network_timeout": "network_timeout",

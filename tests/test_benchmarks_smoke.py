@@ -308,3 +308,24 @@ def test_paired_smoke(bench_server: Any) -> None:
     assert "| multipool |" in paired.markdown_table(results)
     for config in configs:
         assert bench_server.connection_count(database=database_name(config)) == 0
+
+
+def test_paired_metrics_smoke(bench_server: Any) -> None:
+    """Each metrics configuration in a worker of its own, against multipool without."""
+    from benchmarks import paired
+
+    engine = bench_server.engine
+    configs = ("persistent", "multipool", "multipool_otel", "multipool_prometheus")
+    results = paired.run(
+        {engine: bench_server}, configs=configs, tls_variants=("off",), threads=2, requests=5,
+        blocks=2,
+    )  # fmt: skip
+    groups = results["groups"]
+    assert [g["metrics"] for g in groups] == ["multipool_otel", "multipool_prometheus"]
+    for group in groups:
+        metrics = group["metrics"]
+        assert list(group["configs"]) == ["persistent", "multipool", metrics]
+        assert group["recording_metrics"] == {"persistent": False, "multipool": False,
+                                              metrics: True}  # fmt: skip
+        assert group["configs"][metrics]["cpu_x_multipool"] > 0
+    assert "(multipool_otel worker)" in paired.markdown_table(results)

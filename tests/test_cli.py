@@ -117,6 +117,7 @@ def unreachable_url(server: Any) -> str:
         ["budget"],
         ["demo"],
         ["status"],
+        ["metrics"],
     ],
 )
 def test_every_subcommand_has_help(cli: Callable[..., Result], argv: list[str]) -> None:

@@ -52,7 +52,9 @@ from multipool.backends.binding import (
 )
 from multipool.backends.diagnosis import explain_connect_error
 from multipool.config import POOL_OPTION_KEYS, spec_from_settings
-from multipool.pools import manager
+from multipool.metrics.events import log_event
+from multipool.metrics.recorder import recorder_for
+from multipool.pools import ConnectionFacts, manager
 from multipool.secrets import material_for, rotation_for
 from multipool.tls import TLS_OPTION_NAMES
 
@@ -137,9 +139,14 @@ class PooledWrapperMixin:
         if not spec.pool.enabled or not self.pool_supported():
             return None
         if not self.needs_ping:
-            return manager.pool(spec)
+            return manager.pool(spec, recorder=recorder_for, describe=self.describe_connection)
         return manager.pool(
-            spec, ping=self.ping_connection, fileno=self.connection_fileno, rotation=rotation_for
+            spec,
+            ping=self.ping_connection,
+            fileno=self.connection_fileno,
+            rotation=rotation_for,
+            recorder=recorder_for,
+            describe=self.describe_connection,
         )
 
     def pool_supported(self) -> bool:
@@ -338,11 +345,13 @@ class PooledWrapperMixin:
             if state is IN_TRANSACTION:
                 self.rollback_transaction(connection)
             self.restore_session(connection)
-        except Exception:
-            logger.info(
-                "multipool: alias %r: rollback or session restore on return failed; discarding",
-                self.alias,
-            )
+        except Exception as exc:
+            log_event(
+                logger, logging.INFO, "session_restore_failed", self.alias,
+                "multipool: alias %r: rollback or session restore at the end of a request "
+                "failed (%s); closing the connection", self.alias, type(exc).__name__,
+                error=type(exc).__name__,
+            )  # fmt: skip
             self.close()  # as Django would: the connection is discarded
             return False
         return True
@@ -387,35 +396,34 @@ class PooledWrapperMixin:
         binding.clear()
         # Like Django's own pool: the wrapper can no longer use this connection.
         self.connection = None
-        if broken:
-            pool.checkin(lease, broken=True)
+        if broken is not None:
+            pool.checkin(lease, broken=True, reason=broken)
         elif pool.keep(lease):
             # Kept for this wrapper's next connect(), unless another thread
             # needs a connection first.
             binding.set(PARKED, lease, pool)
 
-    def _clean_for_checkin(self, connection: Any, lease: Lease, pool: AliasPool) -> bool:
-        """Roll back (and reset the session if so configured); ``True``: broken."""
+    def _clean_for_checkin(self, connection: Any, lease: Lease, pool: AliasPool) -> str | None:
+        """Roll back (and reset the session if so configured); else why it is broken
+        (``unusable_after_error``, ``broken``, ``rollback_failed``, ``reset_failed``)."""
         # After an error, is_usable() decides (and its probe may itself open
         # a transaction, so the state is read after it).
         if self.errors_occurred and not self.is_usable():
-            return True
+            return "unusable_after_error"
         state = self.release_state(connection)
         if state is BROKEN:
-            return True
+            return "broken"
+        step = "rollback_failed"
         try:
             if state is IN_TRANSACTION:
                 self.rollback_transaction(connection)
             if pool.spec.pool.reset == "session":
+                step = "reset_failed"
                 lease.info.pop(SETUP_DONE, None)  # Django's session setup must run again
                 self.reset_session(connection)
         except Exception:
-            logger.info(
-                "multipool: alias %r: rollback or session reset on return failed; discarding",
-                self.alias,
-            )
-            return True
-        return False
+            return step  # the pool logs it (connection_invalidated)
+        return None
 
     def is_usable(self) -> bool:
         if self.connection is None and self.pool_binding.hold is KEPT:
@@ -436,6 +444,27 @@ class PooledWrapperMixin:
     def connection_fileno(self, connection: Any) -> int:
         """Hook: the socket of a physical connection (to poll it without a round trip)."""
         return int(connection.fileno())
+
+    def describe_connection(self, connection: Any, tls: bool) -> ConnectionFacts:
+        """What a new physical connection is: the database system (OpenTelemetry's
+        ``db.system.name``) and, with ``tls``, its TLS protocol (for the log). Never
+        raises: a protocol that cannot be read is ``None``."""
+        protocol = None
+        if tls:
+            try:
+                protocol = self.tls_protocol(connection)
+            except Exception:
+                logger.debug("multipool: the TLS protocol could not be read", exc_info=True)
+        return ConnectionFacts(self.db_system_name(connection), protocol)
+
+    def db_system_name(self, connection: Any) -> str:
+        """Hook: ``postgresql``, ``mysql``, ``mariadb`` or ``sqlite``; no round trip."""
+        return self.multipool_vendor
+
+    def tls_protocol(self, connection: Any) -> str | None:
+        """Hook: the TLS protocol of a new connection (``TLSv1.3``), ``"none"`` if it
+        is not encrypted, ``None`` if it cannot be told. May cost a round trip."""
+        return None
 
     def ping_connection(self, connection: Any) -> None:
         """Hook: one round trip; raise if the connection is dead."""

@@ -9,6 +9,7 @@ Subcommands (``multipool SUBCOMMAND --help`` for the options; ``docs/cli.md``)::
     budget   worst-case server connections of a fleet vs the server's max_connections
     demo     a short simulated request load through Django, pooled vs unpooled
     status   live pool statistics of this process
+    metrics  the pools' metrics for Prometheus (every worker's, in multiprocess mode)
 
 Where the aliases come from: the Django settings when ``DJANGO_SETTINGS_MODULE``
 is set, else the environment (``multipool.databases()``, reading ``.env`` /
@@ -26,7 +27,7 @@ Modules: ``entry`` (``main()``: masked output, exit codes), ``parser``, ``maskin
 ``output`` (exit codes, tables, JSON), ``sources`` (where the aliases come from),
 ``connect`` (one connection bypassing the pool), one module per command
 (``config``, ``check``, ``certs``, ``budget``, ``demo`` with its load generator
-in ``load``, ``status``). Pool statistics themselves live in :mod:`multipool.status`.
+in ``load``, ``status``, ``metrics``). Pool statistics themselves live in :mod:`multipool.status`.
 """
 
 from multipool.cli.budget import server_connection_limit, server_host

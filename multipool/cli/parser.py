@@ -14,6 +14,7 @@ from multipool.cli.check import cmd_check
 from multipool.cli.config import cmd_config
 from multipool.cli.demo import cmd_demo
 from multipool.cli.masking import Masker
+from multipool.cli.metrics import cmd_metrics
 from multipool.cli.output import EXIT_USAGE
 from multipool.cli.status import cmd_status
 
@@ -29,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="multipool",
         description="Connection pools of your Django database aliases: configuration, "
-        "checks, certificates, connection budget and a pooled-vs-unpooled demo. "
+        "checks, certificates, connection budget, a pooled-vs-unpooled demo, statistics "
+        "and metrics. "
         "Aliases come from the Django settings when DJANGO_SETTINGS_MODULE is set, "
         "else from the environment (multipool.databases()).",
         epilog=_EPILOG,
@@ -37,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"multipool {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     # in the order --help lists them
-    for add in (_add_config, _add_check, _add_certs, _add_budget, _add_demo, _add_status):
+    for add in (
+        _add_config, _add_check, _add_certs, _add_budget, _add_demo, _add_status, _add_metrics
+    ):
         add(sub)
     return parser
 
@@ -212,6 +216,22 @@ def _add_status(sub: Subparsers) -> None:
         help="check out and return one connection per pooled alias first",
     )
     _json_flag(p)
+
+
+def _add_metrics(sub: Subparsers) -> None:
+    p = _command(
+        sub,
+        "metrics",
+        "The pools' metrics in Prometheus' text format: with PROMETHEUS_MULTIPROC_DIR set, "
+        "those of every process of the application server (summed); else this process's.",
+        cmd_metrics,
+    )
+    p.add_argument(
+        "--connect",
+        action="store_true",
+        help="without PROMETHEUS_MULTIPROC_DIR: check out and return one connection per "
+        "pooled alias first",
+    )
 
 
 def _missing_action(parser: argparse.ArgumentParser) -> int:

@@ -208,6 +208,16 @@ ENV_KEYS: tuple[EnvKey, ...] = (
         "`COM_CHANGE_USER`), at the cost of a round trip per request.",
     ),
     EnvKey(
+        "POOL_METRICS",
+        "pool_metrics",
+        "boolean",
+        "`true`",
+        "Report this pool's metrics: OpenTelemetry's `db.client.connection.*` when "
+        "`opentelemetry-api` is installed (received by the application's MeterProvider), "
+        "Prometheus when `prometheus-client` is installed (see the metrics guide). `false`: "
+        "none are recorded, at no cost per request.",
+    ),
+    EnvKey(
         "POOLER",
         "pooler",
         "`none`, `pgbouncer` or `proxysql`",

@@ -45,6 +45,7 @@ class PoolSpec:
     overflow_idle: float = 30.0  # close a surplus connection idle this long; 0 = on return
     lifo: bool = True
     reset: str = "transaction"  # "transaction" | "session" (see POOL_RESETS)
+    metrics: bool = True  # report metrics (OpenTelemetry, Prometheus)
     pooler: str | None = None  # None | "pgbouncer" | "proxysql"
     connect_timeout: float = 10.0  # seconds to open a connection (TCP, TLS, login)
     network_timeout: float = 30.0  # seconds a silent network may last (keepalives); 0 = OS

@@ -197,6 +197,7 @@ _POOL_PARSERS: Mapping[str, Callable[[str, str, Any], Any]] = {
     "pool_overflow_idle": _seconds,
     "pool_lifo": _as_bool,
     "pool_reset": _reset,
+    "pool_metrics": _as_bool,
     "pooler": _pooler,
     "connect_timeout": _connect_timeout,
     "network_timeout": _network_timeout,

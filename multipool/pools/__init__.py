@@ -7,13 +7,23 @@
   when it is checked, over a SQLAlchemy ``QueuePool``; :class:`Lease`, the
   handle lent to a backend;
 * :mod:`multipool.pools.staleness` -- when an idle connection is checked;
-* :mod:`multipool.pools.stats` -- :class:`PoolStats`.
+* :mod:`multipool.pools.stats` -- :class:`PoolStats`; :class:`Recorder`, what a
+  pool tells its metrics (:mod:`multipool.metrics`);
+* :mod:`multipool.pools.reports` -- its timeout error and its log events.
 
 This package knows nothing of Django's connection objects.
 """
 
 from multipool.pools.manager import PoolManager, manager
 from multipool.pools.pool import AliasPool, Lease
-from multipool.pools.stats import PoolStats
+from multipool.pools.stats import ConnectionFacts, PoolStats, Recorder
 
-__all__ = ["AliasPool", "Lease", "PoolManager", "PoolStats", "manager"]
+__all__ = [
+    "AliasPool",
+    "ConnectionFacts",
+    "Lease",
+    "PoolManager",
+    "PoolStats",
+    "Recorder",
+    "manager",
+]

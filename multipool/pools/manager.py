@@ -19,10 +19,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from multipool import exiting, forking
+from multipool.metrics.events import log_event, log_tls_warning
 from multipool.notices import first_report
-from multipool.pools.pool import AliasPool, Fileno, Pinger
+from multipool.pools.pool import AliasPool, Describe, Fileno, Pinger
 from multipool.pools.retirement import Rotation
-from multipool.pools.stats import PoolStats
+from multipool.pools.stats import PoolStats, Recorder
 
 if TYPE_CHECKING:
     from multipool.config import DatabaseSpec
@@ -49,21 +50,35 @@ class PoolManager:
         ping: Pinger | None = None,
         fileno: Fileno | None = None,
         rotation: Callable[[DatabaseSpec], Rotation | None] | None = None,
+        recorder: Callable[[DatabaseSpec], Recorder | None] | None = None,
+        describe: Describe | None = None,
     ) -> AliasPool:
         """The pool for ``spec.alias``, created (or replaced, if the spec changed) on demand.
 
-        ``rotation(spec)``, called when the pool is created, gives the alias's rotating
-        certificate files (see :mod:`multipool.pools.retirement`)."""
+        Called when the pool is created: ``rotation(spec)`` gives the alias's rotating
+        certificate files (see :mod:`multipool.pools.retirement`), ``recorder(spec)``
+        what its metrics are told (``None``: metrics off)."""
         with self._lock:
             current = self._pools.get(spec.alias)
             if current is not None and (current.spec is spec or current.spec == spec):
                 return current
             if current is not None:
-                logger.info("multipool: alias %r settings changed; retiring its pool", spec.alias)
+                log_event(
+                    logger, logging.INFO, "pool_retired", spec.alias,
+                    "multipool: alias %r settings changed; retiring its pool", spec.alias,
+                    reason="settings_changed",
+                )  # fmt: skip
                 current.dispose()
                 self._retired.add(current)
             watched = rotation(spec) if rotation is not None else None
-            created = AliasPool(spec, ping=ping, fileno=fileno, rotation=watched)
+            created = AliasPool(
+                spec,
+                ping=ping,
+                fileno=fileno,
+                rotation=watched,
+                recorder=recorder(spec) if recorder is not None else None,
+                describe=describe,
+            )
             self._pools[spec.alias] = created
             logger.debug("multipool: alias %r pool created: %r", spec.alias, spec.pool)
         _log_warnings(spec)
@@ -136,7 +151,7 @@ def _log_warnings(spec: DatabaseSpec) -> None:
         return  # the connect fails and says why
     for message in messages:
         if first_report(spec.alias, message):
-            logger.warning("%s", message, extra={"multipool_alias": spec.alias})
+            log_tls_warning(logger, spec.alias, message)
 
 
 def _detach_sockets(connections: list[Any], pool: AliasPool) -> int:

@@ -24,8 +24,12 @@ instead of waiting, and a waiter gets a lease given back at once.
 
 This module knows nothing of Django: a backend passes in the function that
 opens a physical connection, and the pool is built with the functions that
-ping a connection and give its socket, and the alias's rotating certificate
-files when it has them (:mod:`multipool.pools.retirement`).
+ping a connection, give its socket and describe it, the alias's rotating
+certificate files when it has them (:mod:`multipool.pools.retirement`), and
+a :class:`~multipool.pools.stats.Recorder` when its metrics are on: it is told
+of each connect, wait, use, timeout and invalidation where it happens (a pool
+without one pays a ``None`` check). Events are logged with their fields in
+``extra`` (:mod:`multipool.metrics.events`).
 """
 
 from __future__ import annotations
@@ -40,11 +44,11 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.pool import QueuePool
 
-from multipool.errors import PoolTimeout
 from multipool.pools.log_names import pool_logger_name
+from multipool.pools.reports import log_invalidated, log_opened, log_timeout, timeout_error
 from multipool.pools.retirement import Retirement, Rotation
 from multipool.pools.staleness import NO_CHECK, POLL, SocketWatch, Staleness
-from multipool.pools.stats import Counters, PoolStats
+from multipool.pools.stats import ConnectionFacts, Counters, PoolStats, Recorder
 
 if TYPE_CHECKING:
     from sqlalchemy.pool import PoolProxiedConnection
@@ -64,6 +68,8 @@ GENERATION = "multipool.generation"  # the generation of the files it was opened
 Connector = Callable[[], Any]
 Pinger = Callable[[Any], None]
 Fileno = Callable[[Any], int]
+#: (a new connection, whether to look up its TLS protocol) -> what it is
+Describe = Callable[[Any, bool], ConnectionFacts]
 
 
 class Lease:
@@ -74,7 +80,7 @@ class Lease:
     -- its thread died holding it -- its slot is freed when it is collected.
     """
 
-    __slots__ = ("__weakref__", "_handle", "connection", "generation", "slot")
+    __slots__ = ("__weakref__", "_handle", "connection", "generation", "lent_at", "slot")
 
     def __init__(
         self, handle: PoolProxiedConnection, release_slot: Callable[[], None], generation: int = 0
@@ -84,6 +90,8 @@ class Lease:
         self.slot = weakref.finalize(self, release_slot)
         #: the generation of the certificate files it was opened with (0: none rotate)
         self.generation = generation
+        #: when it was last lent (monotonic; set only when the pool has a recorder)
+        self.lent_at = 0.0
 
     @property
     def info(self) -> dict[Any, Any]:
@@ -117,12 +125,17 @@ class AliasPool:
         ping: Pinger | None = None,
         fileno: Fileno | None = None,
         rotation: Rotation | None = None,
+        recorder: Recorder | None = None,
+        describe: Describe | None = None,
     ) -> None:
         pool = spec.pool
         self.spec = spec
         self.alias = spec.alias
         self._ping = ping
         self.fileno = fileno
+        #: told what happens, for the alias's metrics (None: metrics off)
+        self.recorder = recorder
+        self._describe = describe
         #: the alias's rotating certificate files, if any (see multipool.pools.retirement)
         self.rotation = rotation
         self._retirement = Retirement()
@@ -180,9 +193,12 @@ class AliasPool:
         if waiter is not None:
             got = self._wait(waiter)
         if isinstance(got, Lease) and self._usable(got, got.info.get(RETURNED_AT)):
-            return got
-        # a free slot, or a lease that failed its check (discarded; its slot is ours)
-        return self._open(connect)
+            lease = got
+        else:  # a free slot, or a lease that failed its check (discarded; its slot is ours)
+            lease = self._open(connect)
+        if self.recorder is not None:
+            lease.lent_at = time.monotonic()
+        return lease
 
     def _take_now(self) -> Lease | object | None:
         """Under the lock: a kept lease, ``_SLOT`` (a free slot, now ours), or ``None``
@@ -206,17 +222,28 @@ class AliasPool:
         return queue.checkedin() == 0 and queue.overflow() >= 0
 
     def _wait(self, waiter: _Waiter) -> Lease | object:
+        started = time.monotonic()
         served = waiter.ready.wait(self.spec.pool.timeout)
         with self._lock:
-            if served or waiter.ready.is_set():  # (or served just as the wait timed out)
+            served = served or waiter.ready.is_set()  # (or served just as the wait timed out)
+            if served:
                 self._counters.waits += 1
                 if isinstance(waiter.got, Lease):
                     self._counters.checkouts += 1
-                return waiter.got
-            self._waiters.remove(waiter)
-            self._counters.timeouts += 1
-            checked_out = self._queue.checkedout() - len(self._kept)
-        raise self._timeout_error(checked_out)
+            else:
+                self._waiters.remove(waiter)
+                self._counters.timeouts += 1
+                checked_out = self._queue.checkedout() - len(self._kept)
+                waiting = len(self._waiters)
+        waited = time.monotonic() - started
+        if served:
+            if self.recorder is not None:
+                self.recorder.waited(waited)
+            return waiter.got
+        if self.recorder is not None:
+            self.recorder.timed_out()
+        log_timeout(self.spec, waited, checked_out, waiting)
+        raise timeout_error(self.spec, checked_out)
 
     def _open(self, connect: Connector) -> Lease:
         """A connection from the ``QueuePool`` (an idle one, or a new one) for a slot we hold."""
@@ -247,7 +274,9 @@ class AliasPool:
         connect: Connector | None = getattr(self._connecting, "connect", None)
         if connect is None:  # pragma: no cover - QueuePool never does this
             raise RuntimeError(f"multipool: pool {self.alias!r}: a connect outside a checkout")
+        started = time.monotonic()
         connection = connect()
+        seconds = time.monotonic() - started
         rotation = self.rotation
         if rotation is not None:
             opened = self._connecting.generation = rotation.opened_generation()
@@ -257,7 +286,25 @@ class AliasPool:
             self._counters.connects += 1
             if self.fileno is not None:
                 self._physical.add(connection)
+        try:
+            self._opened(connection, seconds)
+        except Exception:  # telling of a connection must never cost it
+            logger.debug("multipool: recording a new connection failed", exc_info=True)
         return connection
+
+    def _opened(self, connection: Any, seconds: float) -> None:
+        """Record and log a physical connection just opened."""
+        logged = logger.isEnabledFor(logging.INFO)
+        if self.recorder is None and not logged:
+            return
+        facts = (
+            self._describe(connection, logged)
+            if self._describe is not None
+            else ConnectionFacts(self.spec.vendor)
+        )
+        if self.recorder is not None:
+            self.recorder.created(seconds, facts.db_system)
+        log_opened(self.spec, seconds, facts, self._open_count())
 
     def _generation(self, handle: PoolProxiedConnection) -> int:
         """The generation of the files ``handle``'s connection was opened with (tagged
@@ -281,7 +328,7 @@ class AliasPool:
             rotation.check(now)
         if lease.generation == rotation.generation or not self._retirement.may_retire(now):
             return False
-        self._invalidate(lease, None, count=False)
+        self._invalidate(lease, None, "certificate_rotated", count=False)
         return True
 
     # -- health -------------------------------------------------------------------------
@@ -300,14 +347,8 @@ class AliasPool:
             with self._lock:
                 self._counters.pings += 1
                 self._counters.ping_failures += 1
-            logger.info(
-                "multipool: alias %r: a pooled connection failed its health check (%s); "
-                "discarding it",
-                self.alias,
-                type(exc).__name__,
-            )
             self.mark_suspect()
-            self._invalidate(lease, exc)
+            self._invalidate(lease, exc, "health_check_failed")
             return False
         with self._lock:
             self._counters.pings += 1
@@ -337,6 +378,8 @@ class AliasPool:
         pool (beyond ``pool_size``, due for recycling, or the pool retired). The
         caller has left it clean: no transaction open."""
         now = time.monotonic()
+        if self.recorder is not None:
+            self.recorder.used(now - lease.lent_at)
         if self.rotation is not None and self._retires(lease, now):
             self._release_slot()
             return False
@@ -351,7 +394,7 @@ class AliasPool:
             if stays and not self.retired:
                 self._kept[lease] = now
                 return True
-        self.checkin(lease)
+        self._checkin(lease)
         return False
 
     def take_back(self, lease: Lease) -> bool:
@@ -364,18 +407,27 @@ class AliasPool:
                 return False
             self._counters.checkouts += 1
         if self._usable(lease, kept_at):
+            if self.recorder is not None:
+                lease.lent_at = time.monotonic()
             return True
         self._release_slot()
         return False
 
-    def checkin(self, lease: Lease, *, broken: bool = False) -> None:
-        """Give ``lease`` back for good; ``broken`` discards the physical connection.
-        The caller has rolled back (or knows no transaction is open)."""
-        if broken:
+    def checkin(self, lease: Lease, *, broken: bool = False, reason: str = "broken") -> None:
+        """Give ``lease`` back for good; ``broken`` discards the physical connection
+        (``reason``: why, for the log). The caller has rolled back (or knows no
+        transaction is open)."""
+        if self.recorder is not None:
+            self.recorder.used(time.monotonic() - lease.lent_at)
+        self._checkin(lease, reason if broken else None)
+
+    def _checkin(self, lease: Lease, broken: str | None = None) -> None:
+        """:meth:`checkin` once its use is recorded; ``broken``: the reason, or ``None``."""
+        if broken is not None:
             self.mark_suspect()
-            self._invalidate(lease, None)
-        elif self.retired:
-            self._invalidate(lease, None, count=False)  # the alias moved on: close, do not keep
+            self._invalidate(lease, None, broken)
+        elif self.retired:  # the alias moved on: close, do not keep
+            self._invalidate(lease, None, "pool_retired", count=False)
         else:
             now = time.monotonic()
             if self.rotation is not None and self._retires(lease, now):
@@ -429,13 +481,19 @@ class AliasPool:
         lease._handle.close()
         self._release_slot()
 
-    def _invalidate(self, lease: Lease, exc: BaseException | None, *, count: bool = True) -> None:
-        """Close the physical connection; the ``QueuePool`` reconnects its record
-        when it is next needed. The slot is not freed here."""
+    def _invalidate(
+        self, lease: Lease, exc: BaseException | None, reason: str, *, count: bool = True
+    ) -> None:
+        """Close the physical connection (``reason``: why); the ``QueuePool`` reconnects
+        its record when it is next needed. The slot is not freed here. ``count``: as
+        broken (else it is retired: files rotated, pool disposed)."""
         lease.slot.detach()
         if count:
             with self._lock:
                 self._counters.invalidations += 1
+            if self.recorder is not None:
+                self.recorder.invalidated()
+        log_invalidated(self.alias, reason, exc, broken=count, open_now=self._open_count())
         try:
             lease._handle.invalidate(exc)
         except Exception:  # pragma: no cover - closing a dead socket may fail
@@ -458,20 +516,9 @@ class AliasPool:
         self._return_to_queue(oldest[0])
 
     # -- observability and teardown -------------------------------------------------------
-    def _timeout_error(self, checked_out: int) -> PoolTimeout:
-        spec = self.spec
-        return PoolTimeout(
-            self.alias,
-            timeout=spec.pool.timeout,
-            pool_size=spec.pool.size,
-            max_overflow=spec.pool.max_overflow,
-            checked_out=checked_out,
-            settings=(
-                spec.setting("pool_size"),
-                spec.setting("max_overflow"),
-                spec.setting("pool_timeout"),
-            ),
-        )
+    def _open_count(self) -> int:
+        """Physical connections open now (as :meth:`stats` counts them)."""
+        return max(0, self._queue.size() + self._queue.overflow())
 
     def stats(self) -> PoolStats:
         queue = self._queue
@@ -510,7 +557,7 @@ class AliasPool:
             kept = list(self._kept)
             self._kept.clear()
         for lease in kept:
-            self._invalidate(lease, None, count=False)
+            self._invalidate(lease, None, "pool_disposed", count=False)
             self._release_slot()
         self._queue.dispose()
 

@@ -1,11 +1,12 @@
-"""What a pool reports: :class:`PoolStats`, a snapshot of one alias's pool."""
+"""What a pool reports: :class:`PoolStats`, a snapshot of one alias's pool; and what it
+tells a :class:`Recorder` (metrics) as things happen."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["Counters", "PoolStats"]
+__all__ = ["ConnectionFacts", "Counters", "PoolStats", "Recorder"]
 
 
 @dataclass(frozen=True)
@@ -55,3 +56,33 @@ class Counters:
         self.invalidations = 0
         self.pings = 0
         self.ping_failures = 0
+
+
+@dataclass(frozen=True)
+class ConnectionFacts:
+    """What a backend tells of a physical connection it just opened."""
+
+    db_system: str  # postgresql | mysql | mariadb | sqlite
+    tls: str | None = None  # the TLS protocol (TLSv1.3), "none", or None: not looked up
+
+
+class Recorder(Protocol):
+    """Told by a pool what it measures, where it happens (``multipool.metrics``).
+
+    Each call costs what recording the value costs; a pool without a recorder
+    (metrics off, or no metrics library installed) makes none."""
+
+    def created(self, seconds: float, db_system: str) -> None:
+        """A physical connection opened in ``seconds``."""
+
+    def waited(self, seconds: float) -> None:
+        """A checkout found the pool exhausted and got a connection after ``seconds``."""
+
+    def used(self, seconds: float) -> None:
+        """A connection came back ``seconds`` after it was lent."""
+
+    def timed_out(self) -> None:
+        """A checkout gave up after ``pool_timeout``."""
+
+    def invalidated(self) -> None:
+        """A connection was discarded as broken."""

@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from multipool import forking
+from multipool.metrics.events import log_event
 from multipool.routing.positions import Position
 
 __all__ = ["DOWN", "LAGGING", "PROBE", "UP", "ReplicaHealth", "ReplicaStatus", "health"]
@@ -198,11 +199,13 @@ class ReplicaHealth:
             failures = state.failures
             delay = _backoff(failures, backoff, backoff_max)
             state.down_until = now + delay
-        log = logger.warning if failures == 1 and not probe else logger.info
-        log(
+        log_event(
+            logger, logging.WARNING if failures == 1 and not probe else logging.INFO,
+            "replica_down", alias,
             "multipool: replica %r is unavailable (%s%s); reads skip it for %.1fs "
             "(attempt %d of this outage)",
             alias, kind or "error", f": {detail}" if detail else "", delay, failures,
+            error=kind, backoff=delay, attempt=failures,
         )  # fmt: skip
         return delay
 
@@ -217,7 +220,10 @@ class ReplicaHealth:
             state.down_until = 0.0
             state.probing = False
         if was_down:
-            logger.warning("multipool: replica %r is available again", alias)
+            log_event(
+                logger, logging.WARNING, "replica_up", alias,
+                "multipool: replica %r is available again", alias, attempts=was_down,
+            )  # fmt: skip
 
     def release_probe(self, alias: str) -> None:
         """Give back a probe handed out by :meth:`check` without a verdict."""
@@ -261,12 +267,16 @@ class ReplicaHealth:
             state.lagging = not within
         if state.lagging and not was_lagging:
             shown = "unknown" if lag is None else f"{lag:.1f}s"
-            logger.warning(
+            log_event(
+                logger, logging.WARNING, "replica_lagging", alias,
                 "multipool: replica %r lags %s behind its primary (limit %ss); reads skip it",
-                alias, shown, max_lag,
+                alias, shown, max_lag, lag=lag, max_lag=max_lag,
             )  # fmt: skip
         elif was_lagging and not state.lagging:
-            logger.warning("multipool: replica %r caught up with its primary", alias)
+            log_event(
+                logger, logging.WARNING, "replica_caught_up", alias,
+                "multipool: replica %r caught up with its primary", alias, lag=lag,
+            )  # fmt: skip
         return within
 
     def forget_lag(self, alias: str) -> None:

@@ -37,6 +37,7 @@ from multipool.errors import (
     ServerUnreachable,
     TLSFileError,
 )
+from multipool.metrics.events import log_tls_warning
 from multipool.notices import first_report
 from multipool.secrets.credentials import Credentials, Login
 from multipool.secrets.tls_files import (
@@ -185,7 +186,7 @@ class Material:
         )
         for message in new.warnings:
             if first_report(self.spec.alias, message):
-                logger.warning("%s", message)
+                log_tls_warning(logger, self.spec.alias, message)
 
     def _settings(self, fields: list[str]) -> list[str]:
         return [self.spec.setting(f"tls_{name}") for name in fields]

@@ -40,9 +40,24 @@ class MultipoolWarning(UserWarning):
 
 class ExpiryWarning(str):
     """A warning of :func:`validate_tls` that a certificate expires soon (a plain ``str``
-    otherwise, so that callers can tell it from the other warnings without reading it)."""
+    otherwise, so that callers can tell it from the other warnings without reading it).
+    ``setting``, ``expires`` and ``days_left`` say which, when and how soon."""
 
-    __slots__ = ()
+    setting: str
+    expires: _dt.datetime | None
+    days_left: int
+
+    def __new__(
+        cls,
+        text: str,
+        *,
+        setting: str = "",
+        expires: _dt.datetime | None = None,
+        days_left: int = 0,
+    ) -> ExpiryWarning:
+        warning = super().__new__(cls, text)
+        warning.setting, warning.expires, warning.days_left = setting, expires, days_left
+        return warning
 
 
 def validate_tls(
@@ -200,7 +215,10 @@ def check_dates(
         return None
     return ExpiryWarning(
         f"database alias '{alias}': the {what} ({setting}) expires on "
-        f"{not_after:%Y-%m-%d %H:%M} UTC, in {left.days} days; renew it"
+        f"{not_after:%Y-%m-%d %H:%M} UTC, in {left.days} days; renew it",
+        setting=setting,
+        expires=not_after,
+        days_left=left.days,
     )
 
 

@@ -182,6 +182,7 @@ CLI_RUNS = [
     ["check", "--deploy", "--connect", "--json", "--timeout", "5"],
     ["status", "--connect"],
     ["status", "--json"],
+    ["metrics", "--connect"],
     ["budget", "--workers", "2", "--hosts", "3", "--max-connections", "10"],
     ["budget", "--workers", "2", "--hosts", "3", "--connect", "--timeout", "5", "--json"],
     ["demo", "--requests", "4", "--threads", "1", "--no-progress", "--alias", ALIAS],

@@ -70,6 +70,17 @@ class DatabaseWrapper(PooledWrapperMixin, django_mysql.DatabaseWrapper):
             f"have_ssl is {have_ssl}"
         )
 
+    def db_system_name(self, connection: Any) -> str:
+        # the server's version string, from the handshake (no round trip)
+        return "mariadb" if "mariadb" in connection.get_server_info().lower() else "mysql"
+
+    def tls_protocol(self, connection: Any) -> str | None:
+        # the server's view (one round trip, when the event is logged); behind a
+        # pooler that is the pooler's session, not this connection
+        if self.multipool_spec().pool.pooler is not None:
+            return None
+        return _status(connection, "SHOW SESSION STATUS LIKE 'Ssl_version'") or "none"
+
     def connection_is_broken(self, connection: Any) -> bool:
         # mysqlclient does not report the server's transaction state: Django's
         # own state tells whether one is open (transaction_may_be_open; a raw

@@ -155,3 +155,24 @@ class DatabaseWrapper(PooledWrapperMixin, django_postgresql.DatabaseWrapper):
         # Without autocommit the SELECT opened a transaction: close it.
         if connection.info.transaction_status != _IDLE:
             connection.rollback()
+
+    def tls_protocol(self, connection: Any) -> str | None:
+        # psycopg2 reads libpq's SSL attributes; psycopg 3 only tells whether TLS
+        # is in use, so the server is asked (one round trip, when the event is
+        # logged). Behind a pooler the server's view is the pooler's session.
+        if not is_psycopg3:
+            info = connection.info
+            return info.ssl_attribute("protocol") if info.ssl_in_use else "none"
+        if not connection.pgconn.ssl_in_use:
+            return "none"
+        if self.multipool_spec().pool.pooler is not None:
+            return None
+        cursor = connection.cursor()
+        try:
+            cursor.execute("SELECT version FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            row = cursor.fetchone()
+        finally:
+            cursor.close()
+            if connection.info.transaction_status != _IDLE:
+                connection.rollback()
+        return str(row[0]) if row and row[0] else None
