@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from multipool.testing.app_servers import protocol_errors
 from tests.conftest import alias_entry, registered_alias
 
 pytestmark = pytest.mark.timeout(180)
@@ -46,7 +47,8 @@ SERVER_PROBLEMS = (
     "reset by peer", "Aborted connection", "unexpected EOF", "could not receive data",
     "SSL", "TLS", "protocol", "FATAL", "ERROR",
 )
-WORKER_PROBLEMS = ("ERROR", "CRITICAL", "Traceback", "SSL", "TLS", "reset by peer")
+#: beside the TLS and protocol errors of the harness (``protocol_errors``)
+WORKER_PROBLEMS = ("ERROR", "CRITICAL", "Traceback")
 
 
 @pytest.fixture
@@ -266,7 +268,9 @@ def check_logs(server_lines: list[str], worker_log: str, server: Any, redis: Any
     """No dropped connection or TLS/protocol error on either side; no password logged."""
     problems = [line for line in server_lines if any(p in line for p in SERVER_PROBLEMS)]
     assert not problems, problems
-    bad = [line for line in worker_log.splitlines() if any(p in line for p in WORKER_PROBLEMS)]
+    lines = worker_log.splitlines()
+    bad = protocol_errors(lines)
+    bad += [line for line in lines if any(p in line for p in WORKER_PROBLEMS)]
     assert not bad, bad
     for secret in (server.user("app").password, redis.password):
         assert secret not in worker_log
