@@ -463,3 +463,22 @@ def test_both_passwords_refused_is_the_first_refusal(tmp_path: Path) -> None:
         material.open(server, {})
     assert server.tried[1:] == ["new", "old", "new"]
 
+
+def test_a_login_accepted_late_does_not_replace_a_newer_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "db-password"
+    path.write_text("old\n")
+    credentials = Credentials(password_spec(path))
+    old = credentials.get()
+    credentials.accepted(old)
+    path.write_text("new\n")
+    new = credentials.get()
+    with caplog.at_level(logging.INFO, logger="multipool.secrets"):
+        credentials.accepted(new)
+        # A connect that logged in with the old password just before the server
+        # changed, and reports it after a connect with the new one did.
+        credentials.accepted(old)
+    assert credentials.last_accepted() is new
+    news = [r for r in caplog.records if "log in with the new credentials" in r.getMessage()]
+    assert len(news) == 1  # the rotation is announced once, never undone

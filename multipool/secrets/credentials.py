@@ -212,6 +212,10 @@ class Credentials:
             previous = self._accepted
             if login.same(previous):
                 return
+            if previous is not None and login.obtained < previous.obtained:
+                # Read before the one accepted already: a connect that logged in just
+                # before the server took the newer login, and reports it only now.
+                return
             self._accepted = login
             self._problem = None
             if previous is not None:
