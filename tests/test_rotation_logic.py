@@ -412,3 +412,73 @@ def test_password_with_spaces_keeps_them(tmp_path: Path) -> None:
 
 def test_authentication_failure_is_not_a_certificate_problem() -> None:
     assert not issubclass(AuthenticationFailed, CredentialsUnavailable)
+
+
+class PasswordServer:
+    """A stand-in connect function that takes one password at a time. ``switch_to``:
+    the password it takes from the next refusal on (an ``ALTER ROLE`` that commits
+    while a connect is under way, right after the server checked the first attempt)."""
+
+    def __init__(self, password: str) -> None:
+        self.password = password
+        self.switch_to: str | None = None
+        self.tried: list[str] = []
+
+    def __call__(self, params: dict[str, Any]) -> object:
+        self.tried.append(params["password"])
+        if params["password"] != self.password:
+            if self.switch_to is not None:
+                self.password, self.switch_to = self.switch_to, None
+            raise AuthenticationFailed("pw", "PW_DATABASE_PASSWORD_FILE", "refused", "fix")
+        return object()
+
+
+def test_the_server_changes_between_the_attempts_of_one_connect(tmp_path: Path) -> None:
+    path = tmp_path / "db-password"
+    path.write_text("old\n")
+    material = Material(password_spec(path))
+    server = PasswordServer("old")
+    material.open(server, {})
+    path.write_text("new\n")  # the file first ...
+    material.open(server, {})  # the new password refused, the old one accepted
+    assert server.tried == ["old", "new", "old"]
+    server.switch_to = "new"  # ... then the server, between the first two attempts
+    material.open(server, {})  # new (refused), old (refused now), new once more
+    assert server.tried[3:] == ["new", "old", "new"]
+    assert material.credentials is not None
+    assert material.credentials.last_accepted().password == "new"  # type: ignore[union-attr]
+    material.open(server, {})
+    assert server.tried[6:] == ["new"]
+
+
+def test_both_passwords_refused_is_the_first_refusal(tmp_path: Path) -> None:
+    path = tmp_path / "db-password"
+    path.write_text("old\n")
+    material = Material(password_spec(path))
+    server = PasswordServer("old")
+    material.open(server, {})
+    path.write_text("new\n")
+    server.password = "another"  # neither: three attempts, the first refusal raised
+    with pytest.raises(AuthenticationFailed):
+        material.open(server, {})
+    assert server.tried[1:] == ["new", "old", "new"]
+
+
+def test_a_login_accepted_late_does_not_replace_a_newer_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "db-password"
+    path.write_text("old\n")
+    credentials = Credentials(password_spec(path))
+    old = credentials.get()
+    credentials.accepted(old)
+    path.write_text("new\n")
+    new = credentials.get()
+    with caplog.at_level(logging.INFO, logger="multipool.secrets"):
+        credentials.accepted(new)
+        # A connect that logged in with the old password just before the server
+        # changed, and reports it after a connect with the new one did.
+        credentials.accepted(old)
+    assert credentials.last_accepted() is new
+    news = [r for r in caplog.records if "log in with the new credentials" in r.getMessage()]
+    assert len(news) == 1  # the rotation is announced once, never undone

@@ -11,9 +11,10 @@ Three sources, each consulted only when a physical connection is opened:
   thread at a time calls it, and while a refresh is under way the others go on
   with the answer that is still valid.
 
-:class:`Credentials` also remembers the last login the server accepted: a
-rotation done in either order (the file first, or the server first) finds a
-password that works.
+:class:`Credentials` also remembers the last login the server accepted, which a
+connect tries when the server refuses the newest (and, if the server refuses that
+too because it changed in between, the newest once more): a rotation done file
+first, then server, fails no connect.
 """
 
 from __future__ import annotations
@@ -186,6 +187,20 @@ class Credentials:
         accepted = self._accepted
         return None if accepted is None or accepted.same(refused) else accepted
 
+    def once_more(self, previous: Login) -> Login | None:
+        """The login to try last, after the server refused the newest one and then
+        ``previous`` (the :meth:`alternative`) as well: the newest again (the file is
+        read again), or ``None`` (a provider; nothing newer than ``previous``).
+
+        A rotation done in the documented order (the file, then the server) can
+        change the server between those two attempts: it refused the new password
+        because it did not take it yet, and the old one because it no longer does.
+        The new one then works."""
+        if self.kind == "provider":
+            return None
+        newest = self.get()
+        return None if newest.same(previous) else newest
+
     def last_accepted(self) -> Login | None:
         """The last login the server accepted (``None`` before the first)."""
         with self._lock:
@@ -196,6 +211,10 @@ class Credentials:
         with self._lock:
             previous = self._accepted
             if login.same(previous):
+                return
+            if previous is not None and login.obtained < previous.obtained:
+                # Read before the one accepted already: a connect that logged in just
+                # before the server took the newer login, and reports it only now.
                 return
             self._accepted = login
             self._problem = None

@@ -218,25 +218,52 @@ class Material:
         fallback: TLSFiles | None,
         login: Login | None,
     ) -> Any:
-        """The connection opened with the previous files, or else the credentials that
-        worked before; ``None`` when there is nothing else to try or it failed too."""
-        other = login
+        """The connection opened with the previous files, or else with other
+        credentials (:meth:`_other_login`); ``None`` when there is nothing else to
+        try or it failed too (the first error is the one to report)."""
         if fallback is None:
             if self.credentials is None or login is None:
                 return None
-            other = self.credentials.alternative(login)
-            if other is None:
-                return None
+            return self._other_login(connect, params, exc, current, login)
         try:
-            connection = connect(self._params(params, fallback or current, other))
+            connection = connect(self._params(params, fallback, login))
         except Exception:
-            return None  # the first error is the one to report
-        if fallback is not None:
-            assert current is not None
-            self._refused(current, fallback, exc)
-        elif self.credentials is not None and login is not None:
-            self.credentials.refused(login, _cause(self.spec, exc))
-        self._succeeded(fallback or current, other)
+            return None
+        assert current is not None
+        self._refused(current, fallback, exc)
+        self._succeeded(fallback, login)
+        return connection
+
+    def _other_login(
+        self,
+        connect: Connect,
+        params: dict[str, Any],
+        exc: Exception,
+        files: TLSFiles | None,
+        login: Login,
+    ) -> Any:
+        """After the server refused ``login``: the login it accepted before (or a
+        provider's fresh answer); if the server refuses that too, the newest login
+        once more (:meth:`Credentials.once_more`: the server took it meanwhile)."""
+        credentials = self.credentials
+        assert credentials is not None
+        other = credentials.alternative(login)
+        if other is None:
+            return None
+        try:
+            connection = connect(self._params(params, files, other))
+        except Exception:
+            newest = credentials.once_more(other)
+            if newest is None:
+                return None
+            try:
+                connection = connect(self._params(params, files, newest))
+            except Exception:
+                return None
+            self._succeeded(files, newest)
+            return connection
+        credentials.refused(login, _cause(self.spec, exc))
+        self._succeeded(files, other)
         return connection
 
     def _params(
