@@ -23,6 +23,7 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -390,9 +391,12 @@ def test_password_file_read_at_each_connect_and_the_last_good_kept(tmp_path: Pat
     path.write_text("second\r\n")
     second = credentials.get()
     assert second.password == "second"
-    assert credentials.alternative(second) is first  # the server still wants "first"
+    # refused: the one the server accepted, then the file's again
+    assert list(credentials.retries(second, known=first)) == [first, second]
     credentials.accepted(second)
-    assert credentials.alternative(second) is None
+    # the server accepted it, for another connect, since this one began
+    assert list(credentials.retries(second, known=first)) == [second]
+    assert list(credentials.retries(second, known=second)) == []  # nothing else
     path.write_text("")  # a rotation that writes in place, caught half-way
     assert credentials.get() is second
     assert credentials.status()["problem"] is not None
@@ -415,22 +419,29 @@ def test_authentication_failure_is_not_a_certificate_problem() -> None:
 
 
 class PasswordServer:
-    """A stand-in connect function that takes one password at a time. ``switch_to``:
-    the password it takes from the next refusal on (an ``ALTER ROLE`` that commits
-    while a connect is under way, right after the server checked the first attempt)."""
+    """A stand-in connect function that takes one password at a time. ``meanwhile``:
+    what happens once, right after it refuses the next login and before the refused
+    connect goes on (an ``ALTER ROLE`` that commits then, another thread's connect)."""
 
     def __init__(self, password: str) -> None:
         self.password = password
-        self.switch_to: str | None = None
+        self.meanwhile: Callable[[], None] | None = None
         self.tried: list[str] = []
 
     def __call__(self, params: dict[str, Any]) -> object:
         self.tried.append(params["password"])
         if params["password"] != self.password:
-            if self.switch_to is not None:
-                self.password, self.switch_to = self.switch_to, None
+            meanwhile, self.meanwhile = self.meanwhile, None
+            if meanwhile is not None:
+                meanwhile()
             raise AuthenticationFailed("pw", "PW_DATABASE_PASSWORD_FILE", "refused", "fix")
         return object()
+
+    def takes(self, password: str) -> Callable[[], None]:
+        def change() -> None:
+            self.password = password
+
+        return change
 
 
 def test_the_server_changes_between_the_attempts_of_one_connect(tmp_path: Path) -> None:
@@ -442,7 +453,7 @@ def test_the_server_changes_between_the_attempts_of_one_connect(tmp_path: Path) 
     path.write_text("new\n")  # the file first ...
     material.open(server, {})  # the new password refused, the old one accepted
     assert server.tried == ["old", "new", "old"]
-    server.switch_to = "new"  # ... then the server, between the first two attempts
+    server.meanwhile = server.takes("new")  # ... then the server, between two attempts
     material.open(server, {})  # new (refused), old (refused now), new once more
     assert server.tried[3:] == ["new", "old", "new"]
     assert material.credentials is not None
@@ -462,6 +473,27 @@ def test_both_passwords_refused_is_the_first_refusal(tmp_path: Path) -> None:
     with pytest.raises(AuthenticationFailed):
         material.open(server, {})
     assert server.tried[1:] == ["new", "old", "new"]
+
+
+def test_another_connect_gets_in_with_the_new_password_first(tmp_path: Path) -> None:
+    path = tmp_path / "db-password"
+    path.write_text("old\n")
+    material = Material(password_spec(path))
+    credentials = material.credentials
+    assert credentials is not None
+    server = PasswordServer("old")
+    material.open(server, {})
+    path.write_text("new\n")
+
+    def server_changes_and_another_thread_logs_in() -> None:
+        server.password = "new"
+        credentials.accepted(credentials.get())
+
+    # This connect's new password was refused just before the server took it, and
+    # another thread's connect got in with it before this one tries again.
+    server.meanwhile = server_changes_and_another_thread_logs_in
+    material.open(server, {})
+    assert server.tried[1:] == ["new", "new"]
 
 
 def test_a_login_accepted_late_does_not_replace_a_newer_one(

@@ -12,9 +12,9 @@ Three sources, each consulted only when a physical connection is opened:
   with the answer that is still valid.
 
 :class:`Credentials` also remembers the last login the server accepted, which a
-connect tries when the server refuses the newest (and, if the server refuses that
-too because it changed in between, the newest once more): a rotation done file
-first, then server, fails no connect.
+connect tries when the server refuses the newest (:meth:`Credentials.retries`):
+a rotation done file first, then server, fails no connect, even one that
+overlaps the server's change.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -178,28 +178,29 @@ class Credentials:
             self._current = login
         return login
 
-    def alternative(self, refused: Login) -> Login | None:
-        """Another login to try after the server refused ``refused``: the last one
-        it accepted, or (provider) a fresh answer."""
+    def retries(self, refused: Login, known: Login | None) -> Iterator[Login]:
+        """The logins a connect tries, in order, after the server refused the newest,
+        ``refused``; ``known``: the last one it had accepted when the connect began.
+
+        A provider: a fresh answer. A file: the last login the server accepted --
+        ``refused`` itself if another connect got in with it since this one began
+        (the server took it meanwhile) -- and if the server refuses that one too,
+        the newest, read again. A rotation done in the documented order (the file,
+        then the server) can change the server between two attempts of one connect:
+        the new password refused because the server does not take it yet, the old
+        one because it no longer does; the new one then works."""
         if self.kind == "provider":
             fresh = self._fetch_locked(refused=refused)
-            return None if fresh.same(refused) else fresh
-        accepted = self._accepted
-        return None if accepted is None or accepted.same(refused) else accepted
-
-    def once_more(self, previous: Login) -> Login | None:
-        """The login to try last, after the server refused the newest one and then
-        ``previous`` (the :meth:`alternative`) as well: the newest again (the file is
-        read again), or ``None`` (a provider; nothing newer than ``previous``).
-
-        A rotation done in the documented order (the file, then the server) can
-        change the server between those two attempts: it refused the new password
-        because it did not take it yet, and the old one because it no longer does.
-        The new one then works."""
-        if self.kind == "provider":
-            return None
+            if not fresh.same(refused):
+                yield fresh
+            return
+        accepted = self.last_accepted()
+        if accepted is None or (accepted.same(refused) and refused.same(known)):
+            return  # the server took this login before, and refuses it now
+        yield accepted
         newest = self.get()
-        return None if newest.same(previous) else newest
+        if not newest.same(accepted):
+            yield newest
 
     def last_accepted(self) -> Login | None:
         """The last login the server accepted (``None`` before the first)."""
@@ -227,7 +228,7 @@ class Credentials:
             )
 
     def refused(self, login: Login, cause: str) -> None:
-        """The server refused ``login`` and accepted the one :meth:`alternative` gave."""
+        """The server refused ``login`` and accepted the one it had accepted before."""
         self._note_problem(f"the server refused the newest credentials ({cause}); "
                            "the ones that worked before are used")
 

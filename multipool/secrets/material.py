@@ -194,37 +194,42 @@ class Material:
     # -- opening a connection -------------------------------------------------------------
     def open(self, connect: Connect, params: dict[str, Any]) -> Any:
         """A new physical connection: ``connect(params)`` with the current files and
-        credentials; once more with the previous ones if the server refuses new ones."""
+        credentials; if the server refuses them, with the previous files, or else
+        with other credentials (:meth:`Credentials.retries`)."""
         current, fallback = self._sets()
-        login = self.credentials.get() if self.credentials is not None else None
+        credentials = self.credentials
+        known = credentials.last_accepted() if credentials is not None else None
+        login = credentials.get() if credentials is not None else None
         try:
             connection = connect(self._params(params, current, login))
         except ServerUnreachable:
             raise  # nothing the files or credentials explain
         except Exception as exc:
-            connection = self._second_try(connect, params, exc, current, fallback, login)
+            # The first error is the one to report when nothing else works.
+            if fallback is not None:
+                connection = self._with_previous_files(
+                    connect, params, exc, current, fallback, login
+                )
+            elif login is not None:
+                connection = self._with_other_login(connect, params, exc, current, login, known)
+            else:
+                connection = None
             if connection is None:
                 raise
             return connection
         self._succeeded(current, login)
         return connection
 
-    def _second_try(
+    def _with_previous_files(
         self,
         connect: Connect,
         params: dict[str, Any],
         exc: Exception,
         current: TLSFiles | None,
-        fallback: TLSFiles | None,
+        fallback: TLSFiles,
         login: Login | None,
     ) -> Any:
-        """The connection opened with the previous files, or else with other
-        credentials (:meth:`_other_login`); ``None`` when there is nothing else to
-        try or it failed too (the first error is the one to report)."""
-        if fallback is None:
-            if self.credentials is None or login is None:
-                return None
-            return self._other_login(connect, params, exc, current, login)
+        """The connection opened with the files used before, or ``None``."""
         try:
             connection = connect(self._params(params, fallback, login))
         except Exception:
@@ -234,37 +239,29 @@ class Material:
         self._succeeded(fallback, login)
         return connection
 
-    def _other_login(
+    def _with_other_login(
         self,
         connect: Connect,
         params: dict[str, Any],
         exc: Exception,
         files: TLSFiles | None,
         login: Login,
+        known: Login | None,
     ) -> Any:
-        """After the server refused ``login``: the login it accepted before (or a
-        provider's fresh answer); if the server refuses that too, the newest login
-        once more (:meth:`Credentials.once_more`: the server took it meanwhile)."""
+        """The connection opened with the first of :meth:`Credentials.retries` the
+        server accepts, or ``None``."""
         credentials = self.credentials
         assert credentials is not None
-        other = credentials.alternative(login)
-        if other is None:
-            return None
-        try:
-            connection = connect(self._params(params, files, other))
-        except Exception:
-            newest = credentials.once_more(other)
-            if newest is None:
-                return None
+        for other in credentials.retries(login, known):
             try:
-                connection = connect(self._params(params, files, newest))
+                connection = connect(self._params(params, files, other))
             except Exception:
-                return None
-            self._succeeded(files, newest)
+                continue
+            if not other.same(login):
+                credentials.refused(login, _cause(self.spec, exc))
+            self._succeeded(files, other)
             return connection
-        credentials.refused(login, _cause(self.spec, exc))
-        self._succeeded(files, other)
-        return connection
+        return None
 
     def _params(
         self, params: dict[str, Any], files: TLSFiles | None, login: Login | None
