@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -166,3 +166,18 @@ def item_model() -> Any:
     from tests.project.testapp.models import Item
 
     return Item
+
+
+def require_modules(needed: Mapping[str, str], who: str) -> None:
+    """Fail (with ``CI=true``) or skip unless every module of ``needed`` (module ->
+    the requirement that installs it, all in the ``test`` extra) can be imported."""
+    import importlib.util
+
+    from multipool.testing.servers import in_ci
+
+    missing = [req for mod, req in needed.items() if importlib.util.find_spec(mod) is None]
+    if missing:
+        reason = f"{who} needs {', '.join(missing)} (pip install -e '.[test]')"
+        if in_ci():
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)

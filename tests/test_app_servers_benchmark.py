@@ -9,14 +9,13 @@ goal's case, with Django's native pool) and MariaDB under gunicorn ``gthread``
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from typing import Any
 
 import pytest
 
-from multipool.testing.servers import in_ci
+from tests.conftest import require_modules
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -30,15 +29,6 @@ NEEDED = {
     "dj_db_conn_pool": "django-db-connection-pool[postgresql,mysql]",
     "psycopg_pool": "psycopg-pool",
 }
-
-
-def _require_packages() -> None:
-    missing = [req for mod, req in NEEDED.items() if importlib.util.find_spec(mod) is None]
-    if missing:
-        reason = f"the app-server benchmark needs {', '.join(missing)} (pip install -e '.[test]')"
-        if in_ci():
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
 
 
 def _check_summary(where: str, config: str, s: dict[str, Any], opts: Any) -> None:
@@ -91,7 +81,7 @@ def _check_report(
 def test_app_servers_benchmark_smoke(
     request: pytest.FixtureRequest, fixture: str, app_server: str, processes: int
 ) -> None:
-    _require_packages()
+    require_modules(NEEDED, "the app-server benchmark")
     from benchmarks import app_servers
     from benchmarks.app_project.configs import engine_configs
     from benchmarks.common import database_name

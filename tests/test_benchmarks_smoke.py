@@ -7,7 +7,6 @@ The full benchmark is ``python -m benchmarks.request_cycle`` (see benchmarks/REA
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import pytest
 
 from multipool.testing.servers import in_ci
+from tests.conftest import require_modules
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -27,15 +27,6 @@ COMPARED = {
     "dj_db_conn_pool": "django-db-connection-pool[postgresql,mysql]",
     "psycopg_pool": "psycopg-pool",
 }
-
-
-def _require_compared_pools() -> None:
-    missing = [req for mod, req in COMPARED.items() if importlib.util.find_spec(mod) is None]
-    if missing:
-        reason = f"benchmark smoke test needs {', '.join(missing)} (pip install -e '.[test]')"
-        if in_ci():
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
 
 
 @pytest.fixture(params=["postgresql", "mysql"])
@@ -57,7 +48,7 @@ def _affinity_of_tree(pid: int) -> dict[int, set[int]]:
 
 
 def test_request_cycle_smoke(bench_server: Any) -> None:
-    _require_compared_pools()
+    require_modules(COMPARED, "benchmark smoke test")
     from benchmarks import request_cycle
     from benchmarks.common import TLS_VARIANTS, Placement, available_configs, database_name
 
@@ -215,7 +206,7 @@ def test_request_cycle_chart(tmp_path: Any) -> None:
 
 def test_checkout_micro_smoke(postgres_server: Any) -> None:
     """The micro-benchmark configures Django settings: it runs in a process of its own."""
-    _require_compared_pools()
+    require_modules(COMPARED, "benchmark smoke test")
     import subprocess
     import sys
 
