@@ -202,6 +202,32 @@ def test_surplus_connections_are_kept_then_closed_once_idle() -> None:
     assert pool.stats().open == 1
 
 
+def test_under_steady_load_above_pool_size_each_thread_keeps_its_connection() -> None:
+    """Connections above ``pool_size`` stay with the threads that use them while the
+    load needs them: each thread takes its own back, as below ``pool_size``."""
+    pool = make_pool(size=2, max_overflow=2, timeout=1.0, overflow_idle=30.0, poll_idle=60.0)
+    leases = [pool.checkout(FakeConnection) for _ in range(4)]  # four threads, two overflow
+    for _ in range(3):  # requests: given back at the end, taken back at the next start
+        assert all(pool.keep(lease) for lease in leases)
+        assert all(pool.take_back(lease) for lease in leases)
+    assert FakeConnection.opened == 4 and pool.stats().checkouts == 16
+
+
+def test_a_surplus_connection_is_closed_once_idle_while_another_thread_keeps_working() -> None:
+    pool = make_pool(size=1, max_overflow=1, timeout=1.0, overflow_idle=0.05, poll_idle=60.0)
+    busy, idle = pool.checkout(FakeConnection), pool.checkout(FakeConnection)
+    assert pool.keep(idle) and pool.keep(busy)  # the load drops: one thread stops
+    deadline = time.monotonic() + 5
+    while FakeConnection.open_now > 1:  # the working thread's requests close the surplus
+        assert time.monotonic() < deadline, "the idle surplus connection was never closed"
+        if pool.take_back(busy):
+            pool.keep(busy)
+        else:
+            busy = pool.checkout(FakeConnection)
+            pool.keep(busy)
+    assert pool.stats().open == 1 and FakeConnection.opened == 2
+
+
 def test_overflow_idle_zero_closes_surplus_on_return() -> None:
     pool = make_pool(size=1, max_overflow=1, timeout=1.0, overflow_idle=0.0)
     first, second = pool.checkout(FakeConnection), pool.checkout(FakeConnection)

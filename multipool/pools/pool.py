@@ -375,8 +375,12 @@ class AliasPool:
     def keep(self, lease: Lease) -> bool:
         """Keep ``lease`` for this caller's next :meth:`take_back`, unless someone needs
         it first. ``False``: not kept -- a waiter has it now, or it went back to the
-        pool (beyond ``pool_size``, due for recycling, or the pool retired). The
-        caller has left it clean: no transaction open."""
+        pool (surplus, due for recycling, or the pool retired). The caller has left
+        it clean: no transaction open.
+
+        A connection above ``pool_size`` is kept too while the load needs it
+        (``overflow_idle`` > 0); once the pool already holds ``pool_size`` idle
+        ones it is surplus, kept for no thread and closed after ``overflow_idle``."""
         now = time.monotonic()
         if self.recorder is not None:
             self.recorder.used(now - lease.lent_at)
@@ -390,12 +394,23 @@ class AliasPool:
                 lease.info[RETURNED_AT] = now
                 self._hand_to_waiter(lease)
                 return False
-            stays = self._queue.overflow() <= 0 and not due
-            if stays and not self.retired:
+            stays = not due and not self.retired and self._may_keep(now)
+            if stays:
                 self._kept[lease] = now
                 return True
         self._checkin(lease)
         return False
+
+    def _may_keep(self, now: float) -> bool:
+        """Under the lock: whether a connection given back may stay with its thread.
+        Above ``pool_size`` only while no surplus connection is due to close: then
+        it goes the way of :meth:`checkin`, which closes one."""
+        if self._queue.overflow() <= 0:
+            return True
+        if self._overflow_idle <= 0 or self._surplus():
+            return False
+        oldest = next(iter(self._kept.values()), None)
+        return oldest is None or oldest > now - self._overflow_idle
 
     def take_back(self, lease: Lease) -> bool:
         """Take back a lease this caller gave to :meth:`keep`. ``False`` if another
