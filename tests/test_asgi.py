@@ -78,3 +78,21 @@ def test_shutdown_closes_the_pooled_connections(server, make_alias):
     while session in server.connection_ids(user="app") and time.monotonic() < deadline:
         time.sleep(0.05)
     assert session not in server.connection_ids(user="app")
+
+
+def test_request_wrappers_share_the_spec_and_see_replaced_settings(server, make_alias):
+    """Under ASGI Django makes a wrapper per request, all with the alias's settings dict:
+    they share one spec, and a replaced ``OPTIONS`` or a rewritten ``NAME`` reaches the
+    next wrapper."""
+    from django.db import connections
+
+    conn = make_alias(POOL_SIZE="2")
+    first, second = (connections.create_connection(conn.alias) for _ in range(2))
+    assert first.multipool_spec() is second.multipool_spec()
+    settings = connections.settings[conn.alias]
+    settings["OPTIONS"] = {**settings["OPTIONS"], "pool_size": 3}
+    assert connections.create_connection(conn.alias).multipool_spec().pool.size == 3
+    name = settings["NAME"]
+    settings["NAME"] = "test_" + name  # what Django's test runner does in place
+    assert connections.create_connection(conn.alias).multipool_spec().name == "test_" + name
+    settings["NAME"] = name

@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from django.db.backends.base.base import NO_DB_ALIAS
@@ -66,6 +68,11 @@ logger = logging.getLogger("multipool.backends")
 
 _MISSING = object()
 
+#: (alias, id of a settings dict) -> (the dict, its fingerprint, its spec)
+_entry_specs: dict[tuple[str, int], tuple[Mapping[str, Any], tuple[Any, ...], DatabaseSpec]] = {}
+_entry_specs_lock = threading.Lock()
+_ENTRY_SPECS_MAX = 256
+
 #: key in a physical connection's ``info``: Django's session setup has run on it.
 SETUP_DONE = "multipool.setup_done"
 
@@ -96,8 +103,6 @@ class PooledWrapperMixin:
 
         connection: Any
 
-    _spec_cache: tuple[tuple[Any, ...], DatabaseSpec] | None = None
-
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         #: what this wrapper holds of its alias's pool
@@ -107,10 +112,12 @@ class PooledWrapperMixin:
     def multipool_spec(self) -> DatabaseSpec:
         """The normalized spec of this alias's current settings.
 
-        Cached per wrapper behind a cheap fingerprint: the scalar settings
-        Django itself rewrites in place (the test runner switches ``NAME``)
-        and the identity of the nested dicts. Replace ``OPTIONS`` rather than
-        editing it in place to change pool or TLS settings at run time.
+        Cached behind a cheap fingerprint, for every wrapper made with the same
+        settings dict (Django hands each wrapper of an alias the same one, and
+        under ASGI makes a wrapper per request): the scalar settings Django
+        itself rewrites in place (the test runner switches ``NAME``) and the
+        identity of the nested dicts. Replace ``OPTIONS`` rather than editing
+        it in place to change pool or TLS settings at run time.
         """
         sd = self.settings_dict
         fingerprint = (
@@ -125,11 +132,15 @@ class PooledWrapperMixin:
             id(sd.get("MULTIPOOL")),
             id(sd.get("POOL_OPTIONS")),
         )
-        cached = self._spec_cache
-        if cached is not None and cached[0] == fingerprint:
-            return cached[1]
+        key = (self.alias, id(sd))
+        cached = _entry_specs.get(key)
+        if cached is not None and cached[0] is sd and cached[1] == fingerprint:
+            return cached[2]
         spec = spec_from_settings(self.alias, sd)
-        self._spec_cache = (fingerprint, spec)
+        with _entry_specs_lock:
+            if len(_entry_specs) >= _ENTRY_SPECS_MAX:
+                _entry_specs.clear()
+            _entry_specs[key] = (sd, fingerprint, spec)  # the dict kept: its id stays its own
         return spec
 
     def _pool_for_checkout(self, spec: DatabaseSpec) -> AliasPool | None:
