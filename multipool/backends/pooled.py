@@ -68,6 +68,9 @@ logger = logging.getLogger("multipool.backends")
 
 _MISSING = object()
 
+#: what get_connection_params() returns inside connect(): "build them if you need them"
+_DEFERRED: dict[str, Any] = {}
+
 #: (alias, id of a settings dict) -> (the dict, its fingerprint, its spec)
 _entry_specs: dict[tuple[str, int], tuple[Mapping[str, Any], tuple[Any, ...], DatabaseSpec]] = {}
 _entry_specs_lock = threading.Lock()
@@ -90,6 +93,9 @@ class PooledWrapperMixin:
     init_once: ClassVar[bool] = False
     #: whether an idle connection can go stale (server restart, idle timeout)
     needs_ping: ClassVar[bool] = True
+    #: whether Django's ``get_connection_params`` only reads the settings (then a
+    #: checkout that reuses a connection skips it); MySQL's also sets wrapper state
+    params_only_read_settings: ClassVar[bool] = False
 
     # Attributes Django's BaseDatabaseWrapper provides (for type checkers).
     if TYPE_CHECKING:
@@ -107,6 +113,7 @@ class PooledWrapperMixin:
         super().__init__(*args, **kwargs)
         #: what this wrapper holds of its alias's pool
         self.pool_binding = PoolBinding()
+        self._deferring_params = False  # inside connect(): see there
 
     # -- configuration -----------------------------------------------------------
     def multipool_spec(self) -> DatabaseSpec:
@@ -164,7 +171,28 @@ class PooledWrapperMixin:
         """Whether this alias's database can be pooled (in-memory SQLite cannot)."""
         return True
 
+    @async_unsafe
+    def connect(self) -> None:
+        # Django's connect() builds the connection parameters before it asks
+        # for the connection. A checkout that reuses a pooled connection never
+        # needs them (under ASGI that is every request): where building them
+        # only reads the settings, get_new_connection() builds them only when
+        # it opens a connection.
+        if not self.params_only_read_settings:
+            super().connect()  # type: ignore[misc]
+            return
+        self._deferring_params = True
+        try:
+            super().connect()  # type: ignore[misc]
+        finally:
+            self._deferring_params = False
+
     def get_connection_params(self) -> dict[str, Any]:
+        if self._deferring_params:
+            return _DEFERRED
+        return self._connection_params()
+
+    def _connection_params(self) -> dict[str, Any]:
         spec = self.multipool_spec()  # first: a settings problem is the error to report
         params: dict[str, Any] = super().get_connection_params()  # type: ignore[misc]
         # multipool's own OPTIONS and every TLS spelling make way for the
@@ -205,10 +233,14 @@ class PooledWrapperMixin:
         spec = self.multipool_spec()
         pool = self._pool_for_checkout(spec)
         lease = self._take_back_own(pool)
+
+        def params() -> dict[str, Any]:
+            return self._connection_params() if conn_params is _DEFERRED else conn_params
+
         if pool is None:
-            return self.connect_physical(conn_params, spec)
+            return self.connect_physical(params(), spec)
         if lease is None:
-            lease = pool.checkout(lambda: self.connect_physical(conn_params, spec))
+            lease = pool.checkout(lambda: self.connect_physical(params(), spec))
         self.pool_binding.set(LENT, lease, pool)
         self.prepare_checkout(lease.connection)
         return lease.connection

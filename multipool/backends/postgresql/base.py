@@ -55,6 +55,8 @@ class DatabaseWrapper(PooledWrapperMixin, django_postgresql.DatabaseWrapper):
     # connection's parameter status (no round trip) and fixes it when user
     # code changed it, so it stays on for every checkout.
     init_once = False
+    # Django's get_connection_params() reads the settings and sets nothing.
+    params_only_read_settings = True
     client_class = DatabaseClient
     creation_class = DatabaseCreation
 
