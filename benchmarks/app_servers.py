@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import re
 import sys
 import time
@@ -49,6 +50,7 @@ from benchmarks.common import (
     REPO_ROOT,
     RESULTS_DIR,
     TLS_VARIANTS,
+    Placement,
     balanced_orders,
     connections_counter,
     create_bench_database,
@@ -57,6 +59,8 @@ from benchmarks.common import (
     machine_info,
     open_servers,
     package_versions,
+    pin_process_tree,
+    pin_server,
     round_blocks,
     server_info,
     settled_sessions,
@@ -101,6 +105,9 @@ class Options:
     max_overflow: int = 4
     processes: int = 1  # app server processes per configuration, one per block of rounds
     tls: str = "verify-full"
+    #: "split": application servers on the lower half of the CPUs, the database
+    #: and the load client on the upper half; "none": where the scheduler puts them
+    placement: str = "split"
 
     def recipe(self, app_server: str) -> AppServer:
         app = APPLICATIONS[app_server]
@@ -211,10 +218,15 @@ def warm_up(apps: Mapping[str, RunningAppServer], views: Sequence[str], opts: Op
 
 @contextlib.contextmanager
 def running_apps(
-    server: Any, app_server: str, configs: Sequence[str], opts: Options
+    server: Any,
+    app_server: str,
+    configs: Sequence[str],
+    opts: Options,
+    placement: Placement | None = None,
 ) -> Iterator[dict[str, RunningAppServer]]:
     """An application server per configuration, started side by side (each waits
-    until it answers) and stopped side by side when the block ends."""
+    until it answers), moved to the ``placement``'s client CPUs, and stopped side
+    by side when the block ends."""
     managers = {
         config: start_app_server(
             opts.recipe(app_server), settings=SETTINGS, env=app_env(server, config, opts),
@@ -231,6 +243,9 @@ def running_apps(
                 stack.push(managers[config].__exit__)
         for future in futures.values():
             future.result()  # the first server that did not start, once all are in the stack
+        if placement is not None:
+            for app in apps.values():
+                pin_process_tree(app.pid, placement.client)
         try:
             yield apps
         finally:
@@ -246,6 +261,7 @@ def run_block(
     orders: Sequence[Sequence[str]],
     opts: Options,
     log: Any = None,
+    placement: Placement | None = None,
 ) -> dict[str, Any]:
     """Start an application server per configuration, warm them up, run ``rounds``;
     what each run measured, what the server opened and what stayed open."""
@@ -254,7 +270,7 @@ def run_block(
     databases = [database_name(c) for c in configs]
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {v: {c: [] for c in configs} for v in views}
     per_round: dict[str, list[dict[str, float]]] = {v: [] for v in views}
-    with running_apps(server, app_server, configs, opts) as apps:
+    with running_apps(server, app_server, configs, opts, placement) as apps:
         warm_up(apps, views, opts)
         before = settled_sessions(server, databases)
         for r in rounds:
@@ -282,13 +298,18 @@ def run_block(
 
 
 def run_group(
-    server: Any, app_server: str, configs: Sequence[str], opts: Options, log: Any = None
+    server: Any,
+    app_server: str,
+    configs: Sequence[str],
+    opts: Options,
+    log: Any = None,
+    placement: Placement | None = None,
 ) -> dict[str, Any]:
     """Every configuration of one engine under one application server, interleaved,
     in ``opts.processes`` blocks of rounds (fresh application servers for each)."""
     orders = balanced_orders(configs, opts.rounds)
     blocks = [
-        run_block(server, app_server, configs, block, orders, opts, log)
+        run_block(server, app_server, configs, block, orders, opts, log, placement)
         for block in round_blocks(opts.rounds, opts.processes)
     ]
     group = summarize_group(blocks, configs=configs, views=VIEWS[app_server], opts=opts)
@@ -303,6 +324,28 @@ def run_group(
         "orders": orders,
         **group,
     }
+
+
+@contextlib.contextmanager
+def placed(servers: Mapping[str, Any], opts: Options) -> Iterator[Placement | None]:
+    """With ``placement="split"``: the database servers and this thread (the load
+    client, and the threads it starts) on the upper half of the CPUs, the
+    application servers (moved as they start) on the lower half, as in production
+    where the application and the database have hosts of their own. Everything
+    goes back to all CPUs afterwards."""
+    placement = Placement.split() if opts.placement == "split" else None
+    if placement is None:
+        yield None
+        return
+    every_cpu = os.sched_getaffinity(0)
+    placement.pin_servers(servers)
+    os.sched_setaffinity(0, placement.server)
+    try:
+        yield placement
+    finally:
+        os.sched_setaffinity(0, every_cpu)
+        for server in servers.values():
+            pin_server(server, every_cpu)
 
 
 def run(
@@ -329,8 +372,9 @@ def run(
         for config in chosen:
             create_bench_database(server, database_name(config))
         try:
-            for app_server in app_servers:
-                groups.append(run_group(server, app_server, chosen, opts, log))
+            with placed(servers, opts) as placement:
+                for app_server in app_servers:
+                    groups.append(run_group(server, app_server, chosen, opts, log, placement))
         finally:
             for config in chosen:
                 drop_bench_database(server, database_name(config))
@@ -404,6 +448,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--configs", default=",".join(APP_CONFIGS),
                         help="subset of " + ",".join(APP_CONFIGS))
     parser.add_argument("--tls", choices=tuple(TLS_VARIANTS), default=defaults.tls)
+    parser.add_argument("--placement", choices=("split", "none"), default=defaults.placement,
+                        help="split: application servers and the database on CPUs apart")
     for name, help_text in (
         ("workers", "application server worker processes"),
         ("threads", "gthread threads per worker"),
@@ -430,7 +476,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         workers=args.workers, threads=args.threads, concurrency=args.concurrency,
         requests=args.requests, rounds=args.rounds, warmup=args.warmup,
         pool_size=args.pool_size, max_overflow=args.max_overflow,
-        processes=args.processes, tls=args.tls,
+        processes=args.processes, tls=args.tls, placement=args.placement,
     )
     with open_servers(engines, postgres_url=args.postgres_url, mysql_url=args.mysql_url) as servers:
         for server in servers.values():

@@ -462,7 +462,16 @@ def pin_server(server: Any, cpus: Iterable[int]) -> bool:
     backends inherit it) to ``cpus``. ``False`` for a server multipool did
     not start (attached by URL, or in a container)."""
     pid = getattr(getattr(server, "controller", None), "pid", None)
-    if pid is None or not hasattr(os, "sched_setaffinity"):
+    if pid is None:
+        return False
+    return pin_process_tree(pid, cpus)
+
+
+def pin_process_tree(pid: int, cpus: Iterable[int]) -> bool:
+    """Move process ``pid`` and its descendants, every thread of each, to ``cpus``
+    (threads and processes they start later inherit it); ``False`` without
+    affinity support."""
+    if not hasattr(os, "sched_setaffinity"):
         return False
     cpu_set = set(cpus)
     for process in _process_tree(pid):
