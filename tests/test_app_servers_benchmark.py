@@ -92,8 +92,15 @@ def test_app_servers_benchmark_smoke(
         requests=REQUESTS, rounds=ROUNDS, warmup=4, concurrency=4, threads=4,
         pool_size=2, max_overflow=1, processes=processes,
     )
+    every_cpu = os.sched_getaffinity(0)
     results = app_servers.run({engine: server}, opts, app_servers=(app_server,), log=None)
     json.loads(json.dumps(results))  # JSON-ready
+    assert results["parameters"]["placement"] == "split"
+    # the session's servers and this thread are back on every CPU afterwards
+    assert os.sched_getaffinity(0) == every_cpu
+    server_pid = getattr(server.controller, "pid", None)
+    if server_pid is not None:
+        assert os.sched_getaffinity(server_pid) == every_cpu
 
     (group,) = results["groups"]
     assert (group["engine"], group["app_server"], group["tls"]) == (
