@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
-import shutil
 import signal
 import socket
 import subprocess
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from multipool.certs import CertPaths
-from multipool.testing.servers import ServerStartError, remove_tree, tail
+from multipool.testing.servers import ServerStartError, find_program, remove_tree, tail
 
 __all__ = ["ENV_PGBOUNCER", "PGBOUNCER_SETTINGS", "LocalPgBouncer", "find_pgbouncer"]
 
@@ -42,25 +41,13 @@ PGBOUNCER_SETTINGS: dict[str, str | int] = {
     "log_pooler_errors": 1,
 }
 
+_CANDIDATES = ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer", "/usr/local/sbin/pgbouncer",
+               "/usr/local/bin/pgbouncer")
+
+
 def find_pgbouncer() -> Path:
     """The pgbouncer binary: ``MULTIPOOL_TEST_PGBOUNCER``, ``PATH``, then the usual places."""
-    forced = os.environ.get(ENV_PGBOUNCER, "").strip()
-    if forced:
-        path = Path(forced)
-        if path.is_file() and os.access(path, os.X_OK):
-            return path
-        raise ServerStartError(f"{ENV_PGBOUNCER}={forced!r} is not an executable file")
-    found = shutil.which("pgbouncer")
-    candidates = [Path(found)] if found else []
-    candidates += [Path(p) for p in ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer",
-                                     "/usr/local/sbin/pgbouncer", "/usr/local/bin/pgbouncer")]
-    for path in candidates:
-        if path.is_file() and os.access(path, os.X_OK):
-            return path
-    raise ServerStartError(
-        "the pgbouncer binary was not found: install it (Debian: apt-get install pgbouncer) "
-        f"or set {ENV_PGBOUNCER}"
-    )
+    return find_program("pgbouncer", ENV_PGBOUNCER, _CANDIDATES, "pgbouncer")
 
 
 def _ini_value(value: str | int) -> str:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
-import shutil
 import socket
 import subprocess
 import threading
@@ -34,6 +33,7 @@ from urllib.parse import quote
 from multipool.testing.servers import (
     STARTUP_LOG,
     ServerStartError,
+    find_program,
     free_port,
     make_workdir,
     new_password,
@@ -51,21 +51,7 @@ _CANDIDATES = ("/usr/sbin/redis-server", "/usr/bin/redis-server", "/usr/local/bi
 
 def find_redis_server() -> Path:
     """The redis-server binary: ``MULTIPOOL_TEST_REDIS_SERVER``, ``PATH``, the usual places."""
-    forced = os.environ.get(ENV_REDIS_SERVER, "").strip()
-    if forced:
-        path = Path(forced)
-        if path.is_file() and os.access(path, os.X_OK):
-            return path
-        raise ServerStartError(f"{ENV_REDIS_SERVER}={forced!r} is not an executable file")
-    found = shutil.which("redis-server")
-    for candidate in [*([found] if found else []), *_CANDIDATES]:
-        path = Path(candidate)
-        if path.is_file() and os.access(path, os.X_OK):
-            return path
-    raise ServerStartError(
-        "the redis-server binary was not found: install it (Debian: apt-get install "
-        f"redis-server) or set {ENV_REDIS_SERVER}"
-    )
+    return find_program("redis-server", ENV_REDIS_SERVER, _CANDIDATES, "redis-server")
 
 
 def _command(*words: str) -> bytes:

@@ -128,6 +128,27 @@ def in_ci() -> bool:
     return env_flag("CI")
 
 
+def find_program(name: str, env_var: str, places: tuple[str, ...], package: str) -> Path:
+    """The executable ``name``: the one ``env_var`` names, else ``PATH``, else the
+    usual ``places``; a :class:`ServerStartError` naming the Debian ``package`` and
+    ``env_var`` when there is none."""
+    forced = os.environ.get(env_var, "").strip()
+    if forced:
+        path = Path(forced)
+        if path.is_file() and os.access(path, os.X_OK):
+            return path
+        raise ServerStartError(f"{env_var}={forced!r} is not an executable file")
+    found = shutil.which(name)
+    for candidate in [*([found] if found else []), *places]:
+        path = Path(candidate)
+        if path.is_file() and os.access(path, os.X_OK):
+            return path
+    raise ServerStartError(
+        f"the {name} binary was not found: install it (Debian: apt-get install "
+        f"{package}) or set {env_var}"
+    )
+
+
 def make_workdir(workdir: str | os.PathLike[str] | None, prefix: str) -> tuple[Path, bool]:
     """``(directory, owned)``; ``owned`` means we created it and remove it on close."""
     if workdir is None:
