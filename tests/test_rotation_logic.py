@@ -444,16 +444,22 @@ class PasswordServer:
         return change
 
 
-def test_the_server_changes_between_the_attempts_of_one_connect(tmp_path: Path) -> None:
+def logged_in_then_file_rotated(tmp_path: Path) -> tuple[Material, PasswordServer]:
+    """A password file read as "old", one connect in with it, then the file says "new"."""
     path = tmp_path / "db-password"
     path.write_text("old\n")
     material = Material(password_spec(path))
     server = PasswordServer("old")
     material.open(server, {})
-    path.write_text("new\n")  # the file first ...
+    path.write_text("new\n")
+    return material, server
+
+
+def test_the_server_changes_between_the_attempts_of_one_connect(tmp_path: Path) -> None:
+    material, server = logged_in_then_file_rotated(tmp_path)
     material.open(server, {})  # the new password refused, the old one accepted
     assert server.tried == ["old", "new", "old"]
-    server.meanwhile = server.takes("new")  # ... then the server, between two attempts
+    server.meanwhile = server.takes("new")  # the server follows, between two attempts
     material.open(server, {})  # new (refused), old (refused now), new once more
     assert server.tried[3:] == ["new", "old", "new"]
     assert material.credentials is not None
@@ -463,12 +469,7 @@ def test_the_server_changes_between_the_attempts_of_one_connect(tmp_path: Path) 
 
 
 def test_both_passwords_refused_is_the_first_refusal(tmp_path: Path) -> None:
-    path = tmp_path / "db-password"
-    path.write_text("old\n")
-    material = Material(password_spec(path))
-    server = PasswordServer("old")
-    material.open(server, {})
-    path.write_text("new\n")
+    material, server = logged_in_then_file_rotated(tmp_path)
     server.password = "another"  # neither: three attempts, the first refusal raised
     with pytest.raises(AuthenticationFailed):
         material.open(server, {})
@@ -476,14 +477,9 @@ def test_both_passwords_refused_is_the_first_refusal(tmp_path: Path) -> None:
 
 
 def test_another_connect_gets_in_with_the_new_password_first(tmp_path: Path) -> None:
-    path = tmp_path / "db-password"
-    path.write_text("old\n")
-    material = Material(password_spec(path))
+    material, server = logged_in_then_file_rotated(tmp_path)
     credentials = material.credentials
     assert credentials is not None
-    server = PasswordServer("old")
-    material.open(server, {})
-    path.write_text("new\n")
 
     def server_changes_and_another_thread_logs_in() -> None:
         server.password = "new"
