@@ -442,6 +442,10 @@ class ConnectionSampler:
         """The highest count read (0 before the first read)."""
         return max((count for _, count in self.samples), default=0)
 
+    def read(self) -> int:
+        """One reading: the server's connection count (a subclass may note more)."""
+        return self.server.connection_count(user=self.user, database=self.database)
+
     def __enter__(self) -> ConnectionSampler:
         self._thread.start()
         return self
@@ -458,7 +462,7 @@ class ConnectionSampler:
         started = time.monotonic()
         while True:
             try:
-                count = self.server.connection_count(user=self.user, database=self.database)
+                count = self.read()
                 self.samples.append((time.monotonic() - started, count))
             except Exception as exc:
                 self.errors.append(exc)

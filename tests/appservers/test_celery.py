@@ -17,7 +17,6 @@ import secrets
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -27,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from multipool.testing.app_servers import protocol_errors
+from multipool.testing.app_servers import ConnectionSampler, protocol_errors
 from tests.conftest import alias_entry, registered_alias
 
 pytestmark = pytest.mark.timeout(180)
@@ -144,34 +143,18 @@ def group_is_gone(pgid: int) -> bool:
     return False
 
 
-class ConnectionSampler:
-    """Samples the ids of the server's connections to one database in a thread."""
+class ConnectionIdSampler(ConnectionSampler):
+    """The harness's sampler, noting the ids of the server's connections to one
+    database at each reading."""
 
-    def __init__(self, server: Any, database: str, interval: float = 0.02) -> None:
-        self.server, self.database, self.interval = server, database, interval
-        self.samples: list[set[int]] = []
-        self.error: BaseException | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+    def __init__(self, server: Any, database: str) -> None:
+        super().__init__(server, user="app", database=database, interval=0.02)
+        self.ids: list[set[int]] = []
 
-    def _run(self) -> None:
-        try:
-            while not self._stop.wait(self.interval):
-                self.samples.append(
-                    self.server.connection_ids(user="app", database=self.database)
-                )
-        except BaseException as exc:  # reported by __exit__
-            self.error = exc
-
-    def __enter__(self) -> ConnectionSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-        assert not self._thread.is_alive(), "the connection sampler did not stop"
-        assert self.error is None, f"sampling failed: {self.error!r}"
+    def read(self) -> int:
+        ids = self.server.connection_ids(user="app", database=self.database)
+        self.ids.append(ids)
+        return len(ids)
 
 
 def run_tasks(broker_url: str, queue: str, prefix: str) -> list[dict[str, int]]:
@@ -208,7 +191,7 @@ def test_prefork_worker_children_pool_apart_and_say_goodbye(
             lambda: start_up_id not in server.connection_ids(user="app", database=database), 5
         ), "the main process keeps its start-up connection"
         started = time.monotonic()
-        with ConnectionSampler(server, database) as sampler:
+        with ConnectionIdSampler(server, database) as sampler:
             outcomes = run_tasks(redis_server.url(), queue, prefix)
         elapsed = time.monotonic() - started
 
@@ -217,15 +200,15 @@ def test_prefork_worker_children_pool_apart_and_say_goodbye(
         assert poll_until(lambda: group_is_gone(worker.pid), 10), "a child is still running"
         assert server.wait_for_connection_count(0, user="app", database=database, timeout=10) == 0
 
-    check_connections(outcomes, sampler.samples, start_up_id)
+    check_connections(outcomes, sampler.ids, start_up_id)
     check_writes(server, database, prefix)
     check_logs(logged, log.read_text(errors="replace"), server, redis_server)
     print(
         f"\n{server.engine}: {TASKS} tasks in {elapsed:.2f}s, "
         f"{len({o['pid'] for o in outcomes})} children, "
         f"{len({o['connection_id'] for o in outcomes})} server connections, "
-        f"peak {max(len(s) for s in sampler.samples)} open (budget {BUDGET}), "
-        f"{len(sampler.samples)} samples"
+        f"peak {sampler.peak} open (budget {BUDGET}), "
+        f"{len(sampler.ids)} samples"
     )
 
 
