@@ -28,6 +28,14 @@ sending the signals would run every other alias's checks as well, and a
 persistent connection's checks (``get_autocommit()`` through
 ``ensure_connection()``) cost more than a pooled one's.
 
+**Shapes** (``--shape``): ``thread`` (the default) is a WSGI server's thread, one
+connection wrapper serving request after request; the reference is
+``persistent``. ``asgi`` is Django under an ASGI server, which runs each
+request's sync code in a thread of its own and so makes a new wrapper per
+request (its connections are thread-local): each request here starts with a
+new wrapper in place of the thread's. Persistent connections leak under that
+shape, so the reference is Django's native pool (PostgreSQL).
+
 **Metrics** (:data:`METRICS_CONFIGS`): ``multipool_otel`` is multipool with its
 OpenTelemetry metrics, an SDK MeterProvider collecting every second (into an
 exporter that discards); ``multipool_prometheus`` with Prometheus in multiprocess
@@ -78,7 +86,12 @@ from benchmarks.common import (
 )
 
 DEFAULT_CONFIGS = ("persistent", "persistent_control", "multipool")
-REFERENCE = "persistent"
+#: shape -> the configuration every other is compared with, block by block
+REFERENCES = {"thread": "persistent", "asgi": "django_pool"}
+#: what a shape runs when --configs is not given
+SHAPE_CONFIGS = {"thread": DEFAULT_CONFIGS, "asgi": ("django_pool", "multipool")}
+#: configurations that keep a connection per wrapper: under the asgi shape, one per request
+PERSISTENT = ("persistent", "persistent_control", "conn_per_request")
 #: multipool with its metrics on: configuration -> what the worker sets up
 METRICS_CONFIGS = {"multipool_otel": "otel", "multipool_prometheus": "prometheus"}
 SQL = f"SELECT name FROM {BENCH_TABLE} WHERE id = %s"
@@ -133,6 +146,7 @@ def _serve_blocks(setup: Mapping[str, Any]) -> dict[str, Any]:
 
     configs: list[str] = setup["configs"]
     threads, requests = int(setup["threads"]), int(setup["requests"])
+    wrapper_per_request = setup["shape"] == "asgi"
     start, end = threading.Barrier(threads + 1), threading.Barrier(threads + 1)
     job: dict[str, Any] = {"alias": None, "n": 0, "stop": False}
     errors: list[str] = []
@@ -145,9 +159,12 @@ def _serve_blocks(setup: Mapping[str, Any]) -> dict[str, Any]:
                 connections.close_all()
                 end.wait()
                 return
-            conn = connections[job["alias"]]
+            alias = job["alias"]
+            conn = connections[alias]
             try:
                 for _ in range(job["n"]):
+                    if wrapper_per_request:
+                        connections[alias] = conn = connections.create_connection(alias)
                     conn.close_if_unusable_or_obsolete()  # request_started
                     try:
                         with conn.cursor() as cursor:
@@ -221,17 +238,17 @@ def _ratios(
     )
 
 
-def _summarize(measured: Mapping[str, list[dict[str, float]]]) -> dict[str, Any]:
+def _summarize(measured: Mapping[str, list[dict[str, float]]], reference: str) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for config, blocks in measured.items():
-        throughput, cpu = _ratios(blocks, measured[REFERENCE])
+        throughput, cpu = _ratios(blocks, measured[reference])
         summary[config] = {
             "wall_us_per_request": rounded(median(b["wall_us"] for b in blocks), 1),
             "cpu_us_per_request": rounded(median(b["cpu_us"] for b in blocks), 1),
             "user_us_per_request": rounded(median(b["user_us"] for b in blocks), 1),
-            "throughput_x_persistent": rounded(median(throughput)),
-            "cpu_x_persistent": rounded(median(cpu)),
-            "blocks_faster_than_persistent": sum(r > 1 for r in throughput),
+            "throughput_x_reference": rounded(median(throughput)),
+            "cpu_x_reference": rounded(median(cpu)),
+            "blocks_faster_than_reference": sum(r > 1 for r in throughput),
             "blocks": len(blocks),
         }
         if config in METRICS_CONFIGS and "multipool" in measured:
@@ -250,9 +267,14 @@ def run(
     requests: int = 500,
     blocks: int = 20,
     placement: Placement | None = None,
+    shape: str = "thread",
 ) -> dict[str, Any]:
-    if REFERENCE not in configs:
-        raise ValueError(f"the paired benchmark needs {REFERENCE!r} among the configurations")
+    reference = REFERENCES[shape]
+    if reference not in configs:
+        raise ValueError(f"the {shape} shape needs {reference!r} among the configurations")
+    if shape == "asgi" and set(configs) & set(PERSISTENT):
+        raise ValueError("the asgi shape makes a wrapper per request: persistent connections "
+                         "would leak one connection per request; compare pools only")
     with_metrics = [c for c in configs if c in METRICS_CONFIGS]
     base = [c for c in configs if c not in METRICS_CONFIGS]
     if with_metrics and "multipool" not in base:
@@ -277,6 +299,7 @@ def run(
                     "requests": requests,
                     "blocks": blocks,
                     "metrics": METRICS_CONFIGS.get(metrics or ""),
+                    "shape": shape,
                 },
                 None if placement is None else placement.client,
             )
@@ -289,7 +312,8 @@ def run(
                 "engine": engine,
                 "tls": tls_variant,
                 "metrics": metrics,
-                "configs": _summarize(measured),
+                "reference": reference,
+                "configs": _summarize(measured, reference),
                 "blocks": measured,
                 "recording_metrics": result["recording"],
             })
@@ -298,6 +322,7 @@ def run(
         "parameters": {
             "threads": threads,
             "requests_per_thread_per_block": requests,
+            "shape": shape,
             "blocks": blocks,
             "pool_size": threads,
             "placement": placed,
@@ -339,9 +364,9 @@ def _run_worker(setup: Mapping[str, Any], cpus: frozenset[int] | None) -> Any:
 def markdown_table(results: Mapping[str, Any]) -> str:
     lines = [
         "| Server | TLS | Configuration | CPU µs/request | wall µs/request "
-        "| throughput x persistent | CPU x persistent | blocks faster "
+        "| reference | throughput x reference | CPU x reference | blocks faster "
         "| throughput x multipool | CPU x multipool |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| --- | --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for group in results["groups"]:
         for config, s in group["configs"].items():
@@ -354,8 +379,9 @@ def markdown_table(results: Mapping[str, Any]) -> str:
             lines.append(
                 f"| {group['engine']} | {group['tls']}{worker} | {config} | "
                 f"{s['cpu_us_per_request']:.1f} | {s['wall_us_per_request']:.1f} | "
-                f"{s['throughput_x_persistent']:.3f} | {s['cpu_x_persistent']:.3f} | "
-                f"{s['blocks_faster_than_persistent']}/{s['blocks']} | {versus} |"
+                f"{group['reference']} | "
+                f"{s['throughput_x_reference']:.3f} | {s['cpu_x_reference']:.3f} | "
+                f"{s['blocks_faster_than_reference']}/{s['blocks']} | {versus} |"
             )
     return "\n".join(lines)
 
@@ -369,8 +395,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tls", default=",".join(TLS_VARIANTS), help="off,verify-full")
     parser.add_argument(
         "--configs",
-        default=",".join(DEFAULT_CONFIGS),
-        help=f"subset of {','.join([*CONFIGS, *METRICS_CONFIGS])}",
+        default=None,
+        help=f"subset of {','.join([*CONFIGS, *METRICS_CONFIGS])} (default: "
+        + "; ".join(f"{shape}: {','.join(c)}" for shape, c in SHAPE_CONFIGS.items()) + ")",
+    )
+    parser.add_argument(
+        "--shape", choices=tuple(REFERENCES), default="thread",
+        help="thread: a wrapper serves request after request (WSGI); "
+        "asgi: a new wrapper per request, as under an ASGI server",
     )
     parser.add_argument("--threads", type=int, default=4, help="threads (= pool size)")
     parser.add_argument(
@@ -385,17 +417,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.worker:
         return worker_main()
-    named = [c for c in args.configs.split(",") if c]
+    named = [c for c in (args.configs or ",".join(SHAPE_CONFIGS[args.shape])).split(",") if c]
     engines, tls_variants, selected = parse_selection(
         parser, args.engines, args.tls, ",".join(c for c in named if c not in METRICS_CONFIGS)
     )
-    configs = [*(selected or DEFAULT_CONFIGS), *(c for c in named if c in METRICS_CONFIGS)]
+    configs = [
+        *(selected or SHAPE_CONFIGS[args.shape]), *(c for c in named if c in METRICS_CONFIGS)
+    ]
     if any(c in METRICS_CONFIGS for c in configs) and "multipool" not in configs:
         parser.error("--configs: the metrics configurations need multipool (their reference)")
-    if REFERENCE not in configs:
-        parser.error(f"--configs must include {REFERENCE}")
+    reference = REFERENCES[args.shape]
+    if reference not in configs:
+        parser.error(f"--configs must include {reference} (the {args.shape} shape's reference)")
     if "conn_per_request" in configs:
         parser.error("conn_per_request is 10-100x slower; compare it with request_cycle")
+    if args.shape == "asgi" and set(configs) & set(PERSISTENT):
+        parser.error("--shape asgi: persistent connections leak one per request; "
+                     "compare pools only")
     with open_servers(engines, postgres_url=args.postgres_url, mysql_url=args.mysql_url) as servers:
         results = run(
             servers,
@@ -405,6 +443,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             requests=args.requests,
             blocks=args.blocks,
             placement=Placement.split() if args.placement == "split" else None,
+            shape=args.shape,
         )
     write_report(args.out, args.name, results, markdown_table(results))
     return 0

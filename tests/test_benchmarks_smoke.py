@@ -294,11 +294,34 @@ def test_paired_smoke(bench_server: Any) -> None:
             assert len(group["blocks"][config]) == 2, config
             assert summary["cpu_us_per_request"] > 0, config
             assert summary["wall_us_per_request"] > 0, config
-            assert summary["throughput_x_persistent"] > 0, config
-        assert group["configs"]["persistent"]["throughput_x_persistent"] == 1.0
+            assert summary["throughput_x_reference"] > 0, config
+        assert group["reference"] == "persistent"
+        assert group["configs"]["persistent"]["throughput_x_reference"] == 1.0
     assert "| multipool |" in paired.markdown_table(results)
     for config in configs:
         assert bench_server.connection_count(database=database_name(config)) == 0
+
+
+def test_paired_asgi_shape_smoke(postgres_server: Any) -> None:
+    """The asgi shape: a new wrapper per request, against Django's native pool."""
+    from benchmarks import paired
+    from benchmarks.common import database_name
+
+    configs = ("django_pool", "multipool")
+    results = paired.run(
+        {"postgresql": postgres_server}, configs=configs, tls_variants=("off",),
+        threads=2, requests=5, blocks=2, shape="asgi",
+    )  # fmt: skip
+    (group,) = results["groups"]
+    assert results["parameters"]["shape"] == "asgi"
+    assert group["reference"] == "django_pool"
+    assert group["configs"]["django_pool"]["throughput_x_reference"] == 1.0
+    assert group["configs"]["multipool"]["cpu_us_per_request"] > 0
+    for config in configs:
+        assert postgres_server.connection_count(database=database_name(config)) == 0
+    with pytest.raises(ValueError, match="leak"):
+        paired.run({"postgresql": postgres_server}, configs=("django_pool", "persistent"),
+                   shape="asgi")  # fmt: skip
 
 
 def test_paired_metrics_smoke(bench_server: Any) -> None:
