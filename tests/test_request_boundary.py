@@ -233,6 +233,87 @@ def test_time_zone_changed_in_a_request_is_restored_for_the_next(make_alias):
     assert request_with_id(conn) == session
 
 
+def asgi_request(alias: str, *statements: str) -> list:
+    """One request as Django runs it under an ASGI server, with a new wrapper (each
+    request's sync code runs in a thread of its own): the last statement's rows."""
+    from django.core.signals import request_finished, request_started
+
+    connections[alias] = conn = connections.create_connection(alias)
+    request_started.send(sender=None)
+    try:
+        with conn.cursor() as cursor:
+            for sql in statements:
+                cursor.execute(sql)
+            return [tuple(row) for row in cursor.fetchall()]
+    finally:
+        request_finished.send(sender=None)
+
+
+@pytest.mark.parametrize("server", ["postgresql"], indirect=True)
+def test_a_session_checked_at_request_end_is_not_set_up_again(make_alias, monkeypatch):
+    from multipool.backends.postgresql.base import DatabaseWrapper
+
+    conn = make_alias(POOL_SIZE="1", MAX_OVERFLOW="0")
+    setups: list[object] = []
+    configure = DatabaseWrapper._configure_connection
+    monkeypatch.setattr(DatabaseWrapper, "_configure_connection",
+                        lambda self, c: setups.append(c) or configure(self, c))  # fmt: skip
+    for _ in range(5):
+        assert asgi_request(conn.alias, "SHOW TIME ZONE") == [("UTC",)]
+    assert len(setups) == 1, "set up when opened; checked at each request end since"
+    assert stats(conn).connects == 1
+
+
+@pytest.mark.parametrize("server", ["postgresql"], indirect=True)
+def test_a_time_zone_changed_before_a_mid_request_close_is_set_up_again(make_alias):
+    conn = make_alias(POOL_SIZE="1", MAX_OVERFLOW="0")
+    alias = conn.alias
+    assert asgi_request(alias, "SHOW TIME ZONE") == [("UTC",)]  # given back checked
+    from django.core.signals import request_finished, request_started
+
+    request_started.send(sender=None)
+    conn = connections[alias]
+    with conn.cursor() as cursor:  # takes the connection back: no longer checked
+        cursor.execute("SET TIME ZONE 'Asia/Tokyo'")
+    conn.close()  # given back mid-request, unchecked
+    request_finished.send(sender=None)
+    assert asgi_request(alias, "SHOW TIME ZONE") == [("UTC",)]
+
+
+@pytest.mark.parametrize("server", ["postgresql"], indirect=True)
+def test_a_time_zone_setting_changed_between_requests_reaches_a_checked_session(make_alias):
+    from django.test import override_settings
+
+    conn = make_alias(POOL_SIZE="1", MAX_OVERFLOW="0")
+    session = request_with_id(conn)  # given back checked, for UTC
+    with override_settings(USE_TZ=False, TIME_ZONE="Asia/Tokyo"):
+        assert asgi_request(conn.alias, "SHOW TIME ZONE") == [("Asia/Tokyo",)]
+    assert asgi_request(conn.alias, "SHOW TIME ZONE") == [("UTC",)]
+    assert request_with_id(connections[conn.alias]) == session
+
+
+@pytest.mark.parametrize("server", ["postgresql"], indirect=True)
+def test_assume_role_is_set_at_every_checkout(server, make_alias):
+    from multipool.pools import manager
+
+    server.query("DROP ROLE IF EXISTS mp_assumed")
+    server.query("CREATE ROLE mp_assumed NOLOGIN")
+    server.query("GRANT mp_assumed TO app")
+    conn = make_alias(POOL_SIZE="1", MAX_OVERFLOW="0")
+    try:
+        options = {**conn.settings_dict["OPTIONS"], "assume_role": "mp_assumed"}
+        conn.settings_dict["OPTIONS"] = options  # replaced, not edited: see multipool_spec
+        alias = conn.alias
+        assert asgi_request(alias, "SELECT current_user") == [("mp_assumed",)]
+        assert asgi_request(alias, "RESET ROLE", "SELECT current_user") == [("app",)]
+        assert asgi_request(alias, "SELECT current_user") == [("mp_assumed",)]
+        assert stats(conn).connects == 1
+    finally:
+        connections[conn.alias].close()
+        manager.dispose(conn.alias)
+        server.query("DROP ROLE mp_assumed")
+
+
 def test_a_connection_the_server_closed_between_requests_is_replaced(server, make_alias):
     # POOL_POLL_IDLE=0: the socket is checked however recently it was used
     conn = make_alias(POOL_SIZE="1", MAX_OVERFLOW="0", POOL_POLL_IDLE="0")

@@ -13,10 +13,12 @@ Per-connection setup:
   adapters and isolation level Django sets in ``get_new_connection`` -- runs
   once, when the pool opens the connection.
 * ``set_autocommit`` and ``init_connection_state`` run on every checkout, as
-  Django expects, except where a backend declares them safe to run once
-  (``init_once``): PostgreSQL's are local checks with no round trip (the time
-  zone is compared against the connection's own parameter status), MySQL's
-  session ``SET``\\ s run once per physical connection.
+  Django expects, except where a backend declares them safe to skip: MySQL's
+  session ``SET``\\ s run once per physical connection (``init_once``);
+  PostgreSQL's (the time zone, ``assume_role``) are skipped for a connection
+  given back at a request's end whose session was checked there
+  (``release_checks_setup``: the time zone, read from the connection's
+  parameter status, and no ``assume_role``).
 * ``connection_created`` fires whenever Django connects the wrapper: on a
   checkout, not when a thread goes on with the connection it kept.
 
@@ -78,6 +80,9 @@ _ENTRY_SPECS_MAX = 256
 
 #: key in a physical connection's ``info``: Django's session setup has run on it.
 SETUP_DONE = "multipool.setup_done"
+#: key in a physical connection's ``info``: given back at a request's end with its
+#: session checked as Django's setup leaves it, for this time zone name
+SESSION_CHECKED = "multipool.session_checked"
 
 
 #: multipool's own OPTIONS keys: the driver never sees them
@@ -222,6 +227,7 @@ class PooledWrapperMixin:
                 # Another wrapper of this alias may have used it meanwhile: it
                 # gave it back in the same clean state, on the same physical
                 # connection. Django's state on this wrapper is as it was left.
+                lease.info.pop(SESSION_CHECKED, None)  # true when given back, not after
                 binding.hold = LENT
                 self.connection = lease.connection
                 return
@@ -324,8 +330,7 @@ class PooledWrapperMixin:
         if (
             lease is not None
             and pool is not None
-            and self.init_once
-            and lease.info.get(SETUP_DONE)
+            and self._session_set_up(lease)
             # Behind a multiplexing pooler the server session may change
             # between checkouts: apply Django's setup every time.
             and pool.spec.pool.pooler is None
@@ -334,6 +339,15 @@ class PooledWrapperMixin:
         super().init_connection_state()  # type: ignore[misc]
         if lease is not None:
             lease.info[SETUP_DONE] = True
+
+    def _session_set_up(self, lease: Lease) -> bool:
+        """Whether Django's session setup can be skipped for ``lease`` now: it runs
+        once per connection (``init_once``), or the connection was given back at a
+        request's end with its session checked, for the time zone in force now."""
+        checked = lease.info.pop(SESSION_CHECKED, _MISSING)
+        if self.init_once:
+            return bool(lease.info.get(SETUP_DONE))
+        return checked is not _MISSING and checked == self.timezone_name  # type: ignore[attr-defined]
 
     # -- the request boundary ----------------------------------------------------------
     def close_if_unusable_or_obsolete(self) -> None:
@@ -373,6 +387,8 @@ class PooledWrapperMixin:
             return
         if self.run_on_commit:
             self.run_on_commit = []
+        if self.release_checks_setup():
+            lease.info[SESSION_CHECKED] = self.timezone_name  # type: ignore[attr-defined]
         if pool.keep(lease):
             binding.hold = KEPT  # kept for this wrapper, unless another thread needs it
         else:
@@ -408,6 +424,12 @@ class PooledWrapperMixin:
         if self.transaction_may_be_open(connection):
             return IN_TRANSACTION
         return IDLE
+
+    def release_checks_setup(self) -> bool:
+        """Hook: whether a request end that finds the session ``IDLE`` (or restores
+        it) has checked all that Django's session setup sets. Then the next checkout
+        of the connection skips that setup."""
+        return False
 
     def rollback_transaction(self, connection: Any) -> None:
         """Hook: roll back the transaction open on the server, however it was opened."""

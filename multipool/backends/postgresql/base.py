@@ -51,9 +51,9 @@ class DatabaseCreation(PooledCreationMixin, _DjangoCreation):
 
 class DatabaseWrapper(PooledWrapperMixin, django_postgresql.DatabaseWrapper):
     multipool_vendor = "postgresql"
-    # Django's PostgreSQL session setup compares the time zone against the
-    # connection's parameter status (no round trip) and fixes it when user
-    # code changed it, so it stays on for every checkout.
+    # Django's PostgreSQL session setup (the time zone, assume_role) runs at a
+    # checkout unless the connection's last request end checked the time zone
+    # (release_checks_setup).
     init_once = False
     # Django's get_connection_params() reads the settings and sets nothing.
     params_only_read_settings = True
@@ -118,6 +118,11 @@ class DatabaseWrapper(PooledWrapperMixin, django_postgresql.DatabaseWrapper):
         else:
             changed = connection.get_parameter_status("TimeZone") != expected
         return CHANGED if changed else IDLE
+
+    def release_checks_setup(self) -> bool:
+        # release_state compares the time zone; a role set with SET ROLE cannot be
+        # read without a round trip, so assume_role is set again at every checkout.
+        return not self.settings_dict["OPTIONS"].get("assume_role")
 
     def rollback_transaction(self, connection: Any) -> None:
         if not is_psycopg3 and connection.autocommit:
