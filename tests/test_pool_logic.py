@@ -185,6 +185,31 @@ def test_timeout_within_its_bound_names_the_alias_and_frees_nothing() -> None:
     pool.checkin(pool.checkout(FakeConnection))  # the slot is usable again
 
 
+def test_a_waiter_served_just_as_its_wait_times_out_gets_the_connection(monkeypatch) -> None:
+    from multipool.pools import pool as pool_module
+
+    pool = make_pool(size=1, max_overflow=0, timeout=5.0)
+    held = pool.checkout(FakeConnection)
+    wait = pool_module._Waiter.wait
+
+    def served_then_timed_out(waiter: Any, timeout: float) -> bool:
+        assert wait(waiter, timeout)  # served...
+        return False  # ...but the wait reports its timeout
+
+    monkeypatch.setattr(pool_module._Waiter, "wait", served_then_timed_out)
+    got: list[Lease] = []
+    t = threading.Thread(target=lambda: got.append(pool.checkout(FakeConnection)))
+    t.start()
+    wait_until(lambda: pool.stats().pending == 1)
+    pool.checkin(held)
+    t.join()
+    assert got == [held]  # not lost, and no PoolTimeout
+    stats = pool.stats()
+    assert (stats.waits, stats.timeouts, stats.pending, stats.checked_out) == (1, 0, 0, 1)
+    pool.checkin(got[0])
+    assert FakeConnection.opened == 1
+
+
 def test_surplus_connections_are_kept_then_closed_once_idle() -> None:
     pool = make_pool(size=1, max_overflow=2, timeout=1.0, overflow_idle=0.05)
     leases = [pool.checkout(FakeConnection) for _ in range(3)]

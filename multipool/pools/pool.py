@@ -102,13 +102,27 @@ class Lease:
 
 
 class _Waiter:
-    """A thread waiting for a connection: handed a :class:`Lease`, or ``_SLOT``."""
+    """A thread waiting for a connection: handed a :class:`Lease`, or ``_SLOT``.
 
-    __slots__ = ("got", "ready")
+    ``signal`` is a lock the waiting thread holds from the start and blocks on,
+    trying to acquire it again; whoever serves the waiter (under the pool's
+    lock) sets ``got`` and releases it -- a lock may be released by any thread.
+    """
+
+    __slots__ = ("got", "signal")
 
     def __init__(self) -> None:
-        self.ready = threading.Event()
+        self.signal = threading.Lock()
+        self.signal.acquire()
         self.got: Lease | object | None = None
+
+    def wait(self, timeout: float) -> bool:
+        """Block until served or ``timeout`` seconds passed; whether served."""
+        return self.signal.acquire(timeout=timeout)
+
+    def serve(self, got: Lease | object) -> None:
+        self.got = got
+        self.signal.release()
 
 
 #: what a waiter gets when a slot, not a connection, became free
@@ -222,28 +236,26 @@ class AliasPool:
         return queue.checkedin() == 0 and queue.overflow() >= 0
 
     def _wait(self, waiter: _Waiter) -> Lease | object:
+        """Until ``waiter`` is served (whoever serves it counts the wait) or the pool
+        timeout passes (then :class:`~multipool.errors.PoolTimeout`)."""
         started = time.monotonic()
-        served = waiter.ready.wait(self.spec.pool.timeout)
-        with self._lock:
-            served = served or waiter.ready.is_set()  # (or served just as the wait timed out)
-            if served:
-                self._counters.waits += 1
-                if isinstance(waiter.got, Lease):
-                    self._counters.checkouts += 1
-            else:
-                self._waiters.remove(waiter)
-                self._counters.timeouts += 1
-                checked_out = self._queue.checkedout() - len(self._kept)
-                waiting = len(self._waiters)
-        waited = time.monotonic() - started
-        if served:
-            if self.recorder is not None:
-                self.recorder.waited(waited)
-            return waiter.got
+        if not waiter.wait(self.spec.pool.timeout):
+            with self._lock:
+                timed_out = waiter in self._waiters  # (else served just as the wait timed out)
+                if timed_out:
+                    self._waiters.remove(waiter)
+                    self._counters.timeouts += 1
+                    checked_out = self._queue.checkedout() - len(self._kept)
+                    waiting = len(self._waiters)
+            if timed_out:
+                waited = time.monotonic() - started
+                if self.recorder is not None:
+                    self.recorder.timed_out()
+                log_timeout(self.spec, waited, checked_out, waiting)
+                raise timeout_error(self.spec, checked_out)
         if self.recorder is not None:
-            self.recorder.timed_out()
-        log_timeout(self.spec, waited, checked_out, waiting)
-        raise timeout_error(self.spec, checked_out)
+            self.recorder.waited(time.monotonic() - started)
+        return waiter.got
 
     def _open(self, connect: Connector) -> Lease:
         """A connection from the ``QueuePool`` (an idle one, or a new one) for a slot we hold."""
@@ -476,17 +488,16 @@ class AliasPool:
 
     def _hand_to_waiter(self, lease: Lease) -> None:
         """Under the lock: the longest waiter gets ``lease`` and its slot."""
-        waiter = self._waiters.popleft()
-        waiter.got = lease
-        waiter.ready.set()
+        self._counters.waits += 1
+        self._counters.checkouts += 1
+        self._waiters.popleft().serve(lease)
 
     def _release_slot(self) -> None:
         """A slot is free again: to the longest waiter, if anyone waits."""
         with self._lock:
             if self._waiters:
-                waiter = self._waiters.popleft()
-                waiter.got = _SLOT
-                waiter.ready.set()
+                self._counters.waits += 1
+                self._waiters.popleft().serve(_SLOT)
             else:
                 self._free += 1
 
