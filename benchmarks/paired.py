@@ -268,7 +268,13 @@ def run(
     blocks: int = 20,
     placement: Placement | None = None,
     shape: str = "thread",
+    pool_size: int | None = None,
+    max_overflow: int = 5,
 ) -> dict[str, Any]:
+    """``pool_size`` (default ``threads``) and ``max_overflow`` size every pool; with
+    ``pool_size`` given, Django's native pool gets ``min_size=pool_size`` and
+    ``max_size=pool_size + max_overflow`` (else ``threads`` both). Fewer connections
+    than threads make requests wait for one, as under an ASGI server."""
     reference = REFERENCES[shape]
     if reference not in configs:
         raise ValueError(f"the {shape} shape needs {reference!r} among the configurations")
@@ -285,10 +291,14 @@ def run(
         user, tls = TLS_VARIANTS[tls_variant]
         entries = {
             c: config_entry(
-                c, server, user=user, tls=tls, database=database_name(c), threads=threads
+                c, server, user=user, tls=tls, database=database_name(c),
+                threads=threads if pool_size is None else pool_size, max_overflow=max_overflow,
             )
             for c in chosen
         }
+        if pool_size is not None and "django_pool" in entries:
+            limits = {"min_size": pool_size, "max_size": pool_size + max_overflow}
+            entries["django_pool"]["OPTIONS"]["pool"] = limits
         for metrics in with_metrics or [None]:
             worker_entries = _with_metrics(entries, metrics)
             result = _run_worker(
@@ -324,7 +334,8 @@ def run(
             "requests_per_thread_per_block": requests,
             "shape": shape,
             "blocks": blocks,
-            "pool_size": threads,
+            "pool_size": threads if pool_size is None else pool_size,
+            "max_overflow": max_overflow,
             "placement": placed,
         },
         "machine": machine_info(),
@@ -404,7 +415,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="thread: a wrapper serves request after request (WSGI); "
         "asgi: a new wrapper per request, as under an ASGI server",
     )
-    parser.add_argument("--threads", type=int, default=4, help="threads (= pool size)")
+    parser.add_argument("--threads", type=int, default=4, help="threads (default 4)")
+    parser.add_argument("--pool-size", type=int, default=None,
+                        help="POOL_SIZE of every pool (default: --threads); Django's native "
+                        "pool: min_size, max_size with --max-overflow")
+    parser.add_argument("--max-overflow", type=int, default=5,
+                        help="MAX_OVERFLOW of every pool (default 5)")
     parser.add_argument(
         "--requests", type=int, default=500, help="requests per thread per block (default 500)"
     )
@@ -444,6 +460,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             blocks=args.blocks,
             placement=Placement.split() if args.placement == "split" else None,
             shape=args.shape,
+            pool_size=args.pool_size,
+            max_overflow=args.max_overflow,
         )
     write_report(args.out, args.name, results, markdown_table(results))
     return 0
