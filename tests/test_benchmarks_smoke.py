@@ -310,10 +310,11 @@ def test_paired_asgi_shape_smoke(postgres_server: Any) -> None:
     configs = ("django_pool", "multipool")
     results = paired.run(
         {"postgresql": postgres_server}, configs=configs, tls_variants=("off",),
-        threads=2, requests=5, blocks=2, shape="asgi",
+        threads=2, requests=5, blocks=2, shape="asgi", pool_size=1, max_overflow=0,
     )  # fmt: skip
     (group,) = results["groups"]
     assert results["parameters"]["shape"] == "asgi"
+    assert (results["parameters"]["pool_size"], results["parameters"]["max_overflow"]) == (1, 0)
     assert group["reference"] == "django_pool"
     assert group["configs"]["django_pool"]["throughput_x_reference"] == 1.0
     assert group["configs"]["multipool"]["cpu_us_per_request"] > 0
