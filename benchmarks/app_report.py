@@ -87,9 +87,11 @@ def _connections(
     }
 
 
-def _ratios(per_round: list[dict[str, float]], configs: Sequence[str]) -> dict[str, Any]:
+def _ratios(
+    per_round: list[dict[str, float]], configs: Sequence[str], block_sizes: Sequence[int]
+) -> dict[str, Any]:
     return {
-        f"{config}_vs_{reference}": round_ratios(per_round, config, reference)
+        f"{config}_vs_{reference}": round_ratios(per_round, config, reference, block_sizes)
         for reference in REFERENCES if reference in configs
         for config in configs if config != reference
     }
@@ -108,7 +110,9 @@ def summarize_group(
             "configs": {
                 c: _summarize_view(c, runs[view][c], opts.budget(c)) for c in configs
             },
-            "ratios": _ratios(per_round[view], configs),
+            "ratios": _ratios(
+                per_round[view], configs, [len(b["per_round"][view]) for b in blocks]
+            ),
             "rounds": [{k: rounded(v, 1) for k, v in r.items()} for r in per_round[view]],
         }
         for view in views

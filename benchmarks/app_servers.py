@@ -16,7 +16,8 @@ in the order of a Williams design (:func:`benchmarks.common.balanced_orders`),
 so that noise from the rest of the machine spreads over all of them; ratios
 (requests/s against ``CONN_MAX_AGE=0`` and against Django's native pool) are
 taken within each round and reported as the median over rounds with a
-bootstrap 95 % confidence interval. The three pools have the same connection
+bootstrap 95 % confidence interval that resamples the ``--processes`` blocks
+as well as their rounds. The three pools have the same connection
 limit per worker process: ``--pool-size`` + ``--max-overflow``.
 
 Results go to ``benchmarks/results/app_servers.json`` and ``.md`` (``--out``,

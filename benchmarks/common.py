@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -196,18 +197,55 @@ def rounded(value: float | None, digits: int = 3) -> float | None:
     return None if value is None else round(value, digits)
 
 
+def clustered_median_ci(
+    clusters: Sequence[Sequence[float | None]], *, level: float = 0.95, resamples: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float] | None:
+    """A bootstrap confidence interval for the median of values that come in
+    clusters -- rounds served by one pair of application-server processes, whose
+    memory layout and hash seed move every round of the pair alike: each resample
+    draws clusters with replacement, then values within each drawn cluster. With
+    one cluster it is :func:`median_ci`."""
+    present = [[v for v in c if v is not None] for c in clusters]
+    present = [c for c in present if c]
+    if len(present) == 1:
+        return median_ci(present[0], level=level, resamples=resamples, seed=seed)
+    if not present:
+        return None
+    rng = random.Random(seed)
+    medians = sorted(
+        statistics.median(
+            [v for c in rng.choices(present, k=len(present)) for v in rng.choices(c, k=len(c))]
+        )
+        for _ in range(resamples)
+    )
+    tail = (1 - level) / 2
+    return float(medians[int(tail * (resamples - 1))]), float(
+        medians[math.ceil((1 - tail) * (resamples - 1))]
+    )
+
+
 def round_ratios(
-    rounds: Sequence[Mapping[str, float]], numerator: str, denominator: str
+    rounds: Sequence[Mapping[str, float]], numerator: str, denominator: str,
+    block_sizes: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """The ratio of two configurations' throughput in each round, their median,
-    and a bootstrap 95 % confidence interval of that median."""
+    and a bootstrap 95 % confidence interval of that median; with ``block_sizes``
+    (the rounds of each process pair, in order) the interval resamples the pairs
+    too (:func:`clustered_median_ci`), and each pair's median is reported."""
     per_round = [ratio(r.get(numerator), r.get(denominator)) for r in rounds]
-    ci = median_ci(per_round)
-    return {
+    sizes = list(block_sizes) if block_sizes else [len(per_round)]
+    bounds = list(itertools.accumulate(sizes, initial=0))
+    clusters = [per_round[lo:hi] for lo, hi in itertools.pairwise(bounds)]
+    ci = clustered_median_ci(clusters)
+    result = {
         "median": rounded(median(per_round)),
         "ci95": None if ci is None else [rounded(ci[0]), rounded(ci[1])],
         "rounds": [rounded(x) for x in per_round],
     }
+    if len(clusters) > 1:
+        result["per_process"] = [rounded(median(c)) for c in clusters]
+    return result
 
 
 def round_blocks(rounds: int, processes: int) -> list[range]:

@@ -182,6 +182,25 @@ def test_median_confidence_interval_brackets_the_median() -> None:
     assert median_ci([1.0]) is None
 
 
+def test_process_pairs_widen_the_interval_of_round_ratios() -> None:
+    """Rounds of one pair of application-server processes move together: the
+    interval resamples the pairs as well as their rounds."""
+    from benchmarks.common import clustered_median_ci, median_ci, round_ratios
+
+    pairs = [[0.90 + i * 0.001 for i in range(5)], [1.00 + i * 0.001 for i in range(5)],
+             [1.10 + i * 0.001 for i in range(5)]]  # fmt: skip
+    flat = median_ci([v for p in pairs for v in p])
+    clustered = clustered_median_ci(pairs)
+    assert flat is not None and clustered is not None
+    assert clustered[1] - clustered[0] > flat[1] - flat[0]
+    assert clustered_median_ci([pairs[0]]) == median_ci(pairs[0])
+    rounds = [{"a": v, "b": 1.0} for p in pairs for v in p]
+    result = round_ratios(rounds, "a", "b", [5, 5, 5])
+    assert result["per_process"] == [0.902, 1.002, 1.102]
+    assert result["ci95"] == [round(clustered[0], 3), round(clustered[1], 3)]
+    assert "per_process" not in round_ratios(rounds, "a", "b")
+
+
 def test_request_cycle_chart(tmp_path: Any) -> None:
     pytest.importorskip("matplotlib")
     from benchmarks import request_cycle
