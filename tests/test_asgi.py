@@ -96,3 +96,28 @@ def test_request_wrappers_share_the_spec_and_see_replaced_settings(server, make_
     settings["NAME"] = "test_" + name  # what Django's test runner does in place
     assert connections.create_connection(conn.alias).multipool_spec().name == "test_" + name
     settings["NAME"] = name
+
+
+def test_a_pooled_wrapper_refuses_the_event_loop_as_django_does(make_alias):
+    """Connecting, or taking back the connection kept between requests, blocks on the
+    pool: from an event loop both raise Django's SynchronousOnlyOperation."""
+    import pytest
+    from django.core.exceptions import SynchronousOnlyOperation
+    from django.core.signals import request_finished
+
+    conn = make_alias(POOL_SIZE="1", MAX_OVERFLOW="0")
+
+    async def in_the_loop(call: Any) -> None:
+        call()
+
+    with pytest.raises(SynchronousOnlyOperation):
+        asyncio.run(in_the_loop(conn.ensure_connection))
+    with pytest.raises(SynchronousOnlyOperation):
+        asyncio.run(in_the_loop(conn.connect))
+    backend_id(conn)
+    request_finished.send(sender=None)  # given back, kept for this wrapper
+    with pytest.raises(SynchronousOnlyOperation):
+        asyncio.run(in_the_loop(conn.ensure_connection))
+    assert manager.stats(conn.alias)[conn.alias].checked_out == 0
+    backend_id(conn)  # outside the loop it takes its connection back
+    request_finished.send(sender=None)

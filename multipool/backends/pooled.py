@@ -38,6 +38,7 @@ import logging
 import sys
 import threading
 from collections.abc import Mapping
+from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from django.db.backends.base.base import NO_DB_ALIAS
@@ -161,6 +162,9 @@ class PooledWrapperMixin:
             return None
         if not spec.pool.enabled or not self.pool_supported():
             return None
+        current = manager.current(spec)
+        if current is not None:
+            return current
         if not self.needs_ping:
             return manager.pool(spec, recorder=recorder_for, describe=self.describe_connection)
         return manager.pool(
@@ -176,13 +180,13 @@ class PooledWrapperMixin:
         """Whether this alias's database can be pooled (in-memory SQLite cannot)."""
         return True
 
-    @async_unsafe
     def connect(self) -> None:
         # Django's connect() builds the connection parameters before it asks
         # for the connection. A checkout that reuses a pooled connection never
         # needs them (under ASGI that is every request): where building them
         # only reads the settings, get_new_connection() builds them only when
-        # it opens a connection.
+        # it opens a connection. (Django's connect() refuses an async context
+        # before it does anything, and is what calls get_new_connection().)
         if not self.params_only_read_settings:
             super().connect()  # type: ignore[misc]
             return
@@ -234,22 +238,24 @@ class PooledWrapperMixin:
             binding.clear()  # another thread took it, or it failed its check
         super().ensure_connection()  # type: ignore[misc]
 
-    @async_unsafe
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
         spec = self.multipool_spec()
         pool = self._pool_for_checkout(spec)
         lease = self._take_back_own(pool)
-
-        def params() -> dict[str, Any]:
-            return self._connection_params() if conn_params is _DEFERRED else conn_params
-
         if pool is None:
-            return self.connect_physical(params(), spec)
+            return self._connect_with(conn_params, spec)
         if lease is None:
-            lease = pool.checkout(lambda: self.connect_physical(params(), spec))
+            lease = pool.checkout(partial(self._connect_with, conn_params, spec))
         self.pool_binding.set(LENT, lease, pool)
         self.prepare_checkout(lease.connection)
         return lease.connection
+
+    def _connect_with(self, conn_params: dict[str, Any], spec: DatabaseSpec) -> Any:
+        """A new physical connection, building the parameters if connect() left that
+        to now."""
+        if conn_params is _DEFERRED:
+            conn_params = self._connection_params()
+        return self.connect_physical(conn_params, spec)
 
     def _take_back_own(self, pool: AliasPool | None) -> Lease | None:
         """The connection this wrapper gave back and kept a claim on, if it is still

@@ -84,6 +84,14 @@ class PoolManager:
         _log_warnings(spec)
         return created
 
+    def current(self, spec: DatabaseSpec) -> AliasPool | None:
+        """The pool of ``spec.alias`` if it was made for this very spec, else ``None``
+        (then :meth:`pool` makes or replaces it): a checkout's lookup, with no
+        callbacks to build."""
+        with self._lock:
+            found = self._pools.get(spec.alias)
+        return found if found is not None and found.spec is spec else None
+
     def get(self, alias: str) -> AliasPool | None:
         with self._lock:
             return self._pools.get(alias)
