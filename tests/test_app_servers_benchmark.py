@@ -196,3 +196,30 @@ def test_targets_come_from_ratios_within_rounds() -> None:
         "multipool peak server connections <= workers x (pool + overflow)": False,
     }
     assert group["views"]["async"]["configs"]["conn_per_request"]["within_budget"] is None
+
+
+def test_app_paired_benchmark_smoke(postgres_server: Any) -> None:
+    """Django's native pool and multipool as two aliases of one uvicorn process, in
+    alternating blocks; the results' shape (no timing assertions)."""
+    require_modules(NEEDED, "the app-server benchmark")
+    from benchmarks import app_paired, app_servers
+    from benchmarks.common import database_name
+
+    opts = app_paired.PairedOptions(
+        processes=2, blocks=2, requests=REQUESTS, concurrency=4, warmup=4,
+        server=app_servers.Options(pool_size=2, max_overflow=1),
+    )  # fmt: skip
+    results = app_paired.run(postgres_server, opts, log=None)
+    json.loads(json.dumps(results))  # JSON-ready
+    assert list(results["views"]) == ["async", "sync"]
+    for view, s in results["views"].items():
+        assert s["blocks"] == 4 and len(s["per_process"]) == 2, view
+        assert all(s["rps_median"][c] > 0 for c in app_paired.CONFIGS), view
+        low, high = s["ci95"]
+        assert low <= s["multipool_vs_django_pool"] <= high, view
+    assert len(results["blocks"]) == 2
+    assert "| async |" in app_paired.markdown_report(results)
+    for config in app_paired.CONFIGS:  # the databases are gone again
+        assert not postgres_server.query(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (database_name(config),)
+        )

@@ -45,8 +45,11 @@ def engine_configs(engine: str) -> tuple[str, ...]:
     return tuple(c for c in APP_CONFIGS if engine == "postgresql" or c != "django_pool")
 
 
-def database_entry(config: str, environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
-    """``DATABASES["default"]`` of ``config``, from ``environ``'s ``DATABASE_*`` variables."""
+def database_entry(
+    config: str, environ: Mapping[str, str] = os.environ, *, name: str | None = None
+) -> dict[str, Any]:
+    """``DATABASES["default"]`` of ``config``, from ``environ``'s ``DATABASE_*`` variables
+    (``name``: another database on the same server)."""
     import multipool
     from multipool.config import engine_vendor
 
@@ -54,6 +57,8 @@ def database_entry(config: str, environ: Mapping[str, str] = os.environ) -> dict
         known = ", ".join(APP_CONFIGS)
         raise ValueError(f"{CONFIG_VARIABLE}={config!r} is no configuration; use one of {known}")
     mp = dict(multipool.databases()["default"])
+    if name is not None:
+        mp["NAME"] = name
     if config == "multipool":
         return mp
     vendor = engine_vendor(mp["ENGINE"])

@@ -8,9 +8,17 @@
 import os
 
 from benchmarks.app_project.configs import CONFIG_VARIABLE, database_entry
+from benchmarks.common import database_name
 
 MPBENCH_CONFIG = os.environ[CONFIG_VARIABLE]
-DATABASES = {"default": database_entry(MPBENCH_CONFIG)}
+if "," in MPBENCH_CONFIG:
+    # Several configurations in one process (benchmarks.app_paired): each an alias
+    # of its own, on its own database; "default" is the first.
+    DATABASES = {config: database_entry(config, name=database_name(config))
+                 for config in MPBENCH_CONFIG.split(",")}
+    DATABASES["default"] = DATABASES[MPBENCH_CONFIG.split(",")[0]]
+else:
+    DATABASES = {"default": database_entry(MPBENCH_CONFIG)}
 
 SECRET_KEY = "multipool-app-benchmark"
 DEBUG = False

@@ -13,16 +13,18 @@ from benchmarks.common import BENCH_ROWS
 from benchmarks.cycle_worker import pool_stats
 
 
-def sync_read(request: HttpRequest) -> JsonResponse:
+def sync_read(request: HttpRequest, alias: str = "default") -> JsonResponse:
     """A primary-key lookup and a count through the ORM, in a sync view."""
-    item = Item.objects.get(pk=random.randint(1, BENCH_ROWS))
-    return JsonResponse({"name": item.name, "count": Item.objects.count()})
+    items = Item.objects.using(alias)
+    item = items.get(pk=random.randint(1, BENCH_ROWS))
+    return JsonResponse({"name": item.name, "count": items.count()})
 
 
-async def async_read(request: HttpRequest) -> JsonResponse:
+async def async_read(request: HttpRequest, alias: str = "default") -> JsonResponse:
     """The same reads through Django's async ORM (``aget``, ``acount``)."""
-    item = await Item.objects.aget(pk=random.randint(1, BENCH_ROWS))
-    return JsonResponse({"name": item.name, "count": await Item.objects.acount()})
+    items = Item.objects.using(alias)
+    item = await items.aget(pk=random.randint(1, BENCH_ROWS))
+    return JsonResponse({"name": item.name, "count": await items.acount()})
 
 
 def pool(request: HttpRequest) -> JsonResponse:
