@@ -91,7 +91,7 @@ REFERENCES = {"thread": "persistent", "asgi": "django_pool"}
 #: what a shape runs when --configs is not given
 SHAPE_CONFIGS = {"thread": DEFAULT_CONFIGS, "asgi": ("django_pool", "multipool")}
 #: configurations that keep a connection per wrapper: under the asgi shape, one per request
-PERSISTENT = ("persistent", "persistent_control", "conn_per_request")
+PERSISTENT = ("persistent", "persistent_control")
 #: multipool with its metrics on: configuration -> what the worker sets up
 METRICS_CONFIGS = {"multipool_otel": "otel", "multipool_prometheus": "prometheus"}
 SQL = f"SELECT name FROM {BENCH_TABLE} WHERE id = %s"
