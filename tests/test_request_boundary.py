@@ -251,13 +251,13 @@ def asgi_request(alias: str, *statements: str) -> list:
 
 @pytest.mark.parametrize("server", ["postgresql"], indirect=True)
 def test_a_session_checked_at_request_end_is_not_set_up_again(make_alias, monkeypatch):
-    from multipool.backends.postgresql.base import DatabaseWrapper
+    from django.db.backends.postgresql.base import DatabaseWrapper  # Django's own
 
     conn = make_alias(POOL_SIZE="1", MAX_OVERFLOW="0")
     setups: list[object] = []
-    configure = DatabaseWrapper._configure_connection
-    monkeypatch.setattr(DatabaseWrapper, "_configure_connection",
-                        lambda self, c: setups.append(c) or configure(self, c))  # fmt: skip
+    set_up = DatabaseWrapper.init_connection_state
+    monkeypatch.setattr(DatabaseWrapper, "init_connection_state",
+                        lambda self: setups.append(self) or set_up(self))  # fmt: skip
     for _ in range(5):
         assert asgi_request(conn.alias, "SHOW TIME ZONE") == [("UTC",)]
     assert len(setups) == 1, "set up when opened; checked at each request end since"
