@@ -21,12 +21,14 @@ from multipool.errors import PoolTimeout
 from multipool.pools import manager
 
 
-def request_cycle(conn, sql: str = "SELECT 1") -> list:
-    """What Django does around one request with CONN_MAX_AGE=0."""
+def request_cycle(conn, *statements: str) -> list:
+    """What Django does around one request with CONN_MAX_AGE=0: the rows of the last
+    of ``statements`` (default ``SELECT 1``)."""
     request_started.send(sender=None)
     try:
         with conn.cursor() as cursor:
-            cursor.execute(sql)
+            for sql in statements or ("SELECT 1",):
+                cursor.execute(sql)
             return [tuple(row) for row in cursor.fetchall()]
     finally:
         request_finished.send(sender=None)

@@ -236,17 +236,8 @@ def test_time_zone_changed_in_a_request_is_restored_for_the_next(make_alias):
 def asgi_request(alias: str, *statements: str) -> list:
     """One request as Django runs it under an ASGI server, with a new wrapper (each
     request's sync code runs in a thread of its own): the last statement's rows."""
-    from django.core.signals import request_finished, request_started
-
     connections[alias] = conn = connections.create_connection(alias)
-    request_started.send(sender=None)
-    try:
-        with conn.cursor() as cursor:
-            for sql in statements:
-                cursor.execute(sql)
-            return [tuple(row) for row in cursor.fetchall()]
-    finally:
-        request_finished.send(sender=None)
+    return request_cycle(conn, *statements)
 
 
 @pytest.mark.parametrize("server", ["postgresql"], indirect=True)
