@@ -44,6 +44,7 @@ from benchmarks.app_servers import (
     SETTINGS,
     Options,
     app_env,
+    load_failure,
     placed,
     raise_connection_limit,
 )
@@ -89,11 +90,7 @@ def _block(app: Any, config: str, view: str, opts: PairedOptions) -> float:
         requests=opts.requests, concurrency=opts.concurrency,
     )  # fmt: skip
     if report.errors:
-        sample = report.errors[0]
-        raise RuntimeError(
-            f"{config} {view}: {sample.error or f'HTTP {sample.status}'}; the server's log ends:\n"
-            + "\n".join(app.log_text().splitlines()[-30:])
-        )
+        raise load_failure(app, f"{config} {view}", report)
     return report.requests_per_second
 
 

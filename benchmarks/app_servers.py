@@ -209,12 +209,19 @@ def warm_up(apps: Mapping[str, RunningAppServer], views: Sequence[str], opts: Op
                 requests=opts.warmup, concurrency=opts.concurrency,
             )
             if report.errors:
-                sample = report.errors[0]
-                raise RuntimeError(
-                    f"{config} ({app.recipe.label}): warm-up of {PATHS[view]} failed: "
-                    f"{sample.error or f'HTTP {sample.status}'}; the server's log ends:\n"
-                    + "\n".join(app.log_text().splitlines()[-30:])
+                raise load_failure(
+                    app, f"{config} ({app.recipe.label}): warm-up of {PATHS[view]} failed", report
                 )
+
+
+def load_failure(app: RunningAppServer, what: str, report: Any) -> RuntimeError:
+    """The error that stops a run whose load ``report`` has failed requests: ``what``,
+    the first failure and the end of the application server's log."""
+    sample = report.errors[0]
+    return RuntimeError(
+        f"{what}: {sample.error or f'HTTP {sample.status}'}; the server's log ends:\n"
+        + "\n".join(app.log_text().splitlines()[-30:])
+    )
 
 
 @contextlib.contextmanager

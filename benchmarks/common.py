@@ -156,10 +156,14 @@ def median_ci(
     medians = sorted(
         statistics.median(rng.choices(present, k=n)) for _ in range(resamples)
     )
+    return _percentile_interval(medians, level)
+
+
+def _percentile_interval(medians: Sequence[float], level: float) -> tuple[float, float]:
+    """The ``level`` interval of sorted bootstrap medians (percentile method)."""
     tail = (1 - level) / 2
-    low = medians[int(tail * (resamples - 1))]
-    high = medians[math.ceil((1 - tail) * (resamples - 1))]
-    return float(low), float(high)
+    last = len(medians) - 1
+    return float(medians[int(tail * last)]), float(medians[math.ceil((1 - tail) * last)])
 
 
 def balanced_orders(items: Sequence[str], rounds: int) -> list[list[str]]:
@@ -219,10 +223,7 @@ def clustered_median_ci(
         )
         for _ in range(resamples)
     )
-    tail = (1 - level) / 2
-    return float(medians[int(tail * (resamples - 1))]), float(
-        medians[math.ceil((1 - tail) * (resamples - 1))]
-    )
+    return _percentile_interval(medians, level)
 
 
 def round_ratios(
