@@ -63,6 +63,17 @@ LABELS: dict[str, str] = {
 }
 
 
+#: configurations that keep a connection per wrapper: under the asgi shape, one per request
+PERSISTENT = ("persistent", "persistent_control")
+
+
+def check_shape_configs(shape: str, configs: Sequence[str]) -> None:
+    """Refuse persistent connections under the ``asgi`` shape (a new wrapper per
+    request): each request would leave its connection open."""
+    if shape == "asgi" and set(configs) & set(PERSISTENT):
+        raise ValueError("the asgi shape makes a wrapper per request: persistent connections "
+                         "would leak one connection per request; compare pools only")
+
 
 def available_configs(engine: str) -> tuple[str, ...]:
     """The configurations of ``engine`` this installation can run (Django's native

@@ -96,11 +96,15 @@ def one_request(
     alias: str = "default",
     sql: str = SQL,
     view_ns: int = 0,
+    new_wrapper: bool = False,
 ) -> None:
     """One request as Django's handler runs it: ``request_started``, a query
     (with ``[key]`` as parameters, or none when ``key`` is None), then
     ``view_ns`` nanoseconds of Python work holding the GIL (the rest of a view:
-    ORM, templates), ``request_finished``."""
+    ORM, templates), ``request_finished``. ``new_wrapper``: the request gets a
+    connection wrapper of its own, as under an ASGI server."""
+    if new_wrapper:
+        connections[alias] = connections.create_connection(alias)
     signals.request_started.send(sender=Handler, environ=_ENVIRON)
     try:
         with connections[alias].cursor() as cursor:
@@ -121,14 +125,16 @@ def busy(ns: int) -> None:
 
 
 class Bench:
-    """``threads`` long-lived threads serving requests in lock step with ``run()``."""
+    """``threads`` long-lived threads serving requests in lock step with ``run()``;
+    ``new_wrapper``: a connection wrapper per request (see :func:`one_request`)."""
 
-    def __init__(self, threads: int, view_us: float = 0) -> None:
+    def __init__(self, threads: int, view_us: float = 0, new_wrapper: bool = False) -> None:
         from django.core import signals
         from django.db import connections
 
         self.threads = threads
         self.view_ns = int(view_us * 1000)
+        self.new_wrapper = new_wrapper
         self._connections = connections
         self._signals = signals
         self._start = threading.Barrier(threads + 1)
@@ -150,7 +156,7 @@ class Bench:
         errors = self._errors[index]
         connections, signals = self._connections, self._signals
         clock = time.perf_counter_ns
-        view_ns = self.view_ns
+        view_ns, new_wrapper = self.view_ns, self.new_wrapper
         while True:
             self._start.wait()
             if self._stop:
@@ -161,7 +167,7 @@ class Bench:
                 key = rng.randint(1, BENCH_ROWS)
                 t0 = clock()
                 try:
-                    one_request(connections, signals, key, view_ns=view_ns)
+                    one_request(connections, signals, key, view_ns=view_ns, new_wrapper=new_wrapper)
                 except Exception as exc:
                     errors.append(f"{type(exc).__name__}: {exc}")
                     time.sleep(0.01)

@@ -8,7 +8,10 @@ worker (:class:`benchmarks.cycle_worker.Bench`: ``request_started``, one
 primary-key lookup, ``request_finished``) under callgrind twice per
 configuration, for ``A`` and for ``B`` requests, one thread: the difference of
 the two totals divided by ``B - A`` is the cost of one request, with start-up,
-warm-up and teardown cancelled out.
+warm-up and teardown cancelled out. ``--shape thread`` serves request after
+request on one connection wrapper (WSGI) and compares with persistent
+connections; ``--shape asgi`` makes a wrapper per request, as Django does under
+an ASGI server, and compares with Django's native pool.
 
 Two caveats, both measured:
 
@@ -45,6 +48,7 @@ from benchmarks.common import (
     RESULTS_DIR,
     TLS_VARIANTS,
     bench_groups,
+    check_shape_configs,
     config_entry,
     configure_django,
     database_name,
@@ -56,7 +60,9 @@ from benchmarks.common import (
     write_report,
 )
 
-DEFAULT_CONFIGS = ("persistent", "multipool")
+#: shape -> the configurations it counts by default; the first is the reference
+SHAPES = {"thread": ("persistent", "multipool"), "asgi": ("django_pool", "multipool")}
+DEFAULT_CONFIGS = SHAPES["thread"]
 _TOTALS = re.compile(r"^(?:summary|totals):\s+(\d+)", re.MULTILINE)
 
 
@@ -76,6 +82,7 @@ def count_instructions(
     threads: int = 1,
     warmup: int = 20,
     seed: int = 0,
+    shape: str = "thread",
 ) -> int:
     """Instructions callgrind counts for a worker that serves ``requests``
     requests per thread (after ``warmup``), start-up and teardown included."""
@@ -87,6 +94,7 @@ def count_instructions(
             "threads": threads,
             "requests": requests,
             "warmup": warmup,
+            "new_wrapper": shape == "asgi",
         }
         proc = subprocess.run(
             [
@@ -121,6 +129,7 @@ def per_request(
     requests: tuple[int, int],
     threads: int = 1,
     seed: int = 0,
+    shape: str = "thread",
 ) -> float:
     """Instructions per request: the difference between a run of ``requests[1]``
     and one of ``requests[0]`` requests per thread (run side by side)."""
@@ -131,7 +140,7 @@ def per_request(
         counts = list(
             pool.map(
                 lambda n: count_instructions(
-                    entry, config=config, requests=n, threads=threads, seed=seed
+                    entry, config=config, requests=n, threads=threads, seed=seed, shape=shape
                 ),
                 (low, high),
             )
@@ -147,9 +156,13 @@ def run(
     requests: tuple[int, int] = (300, 900),
     seeds: int = 3,
     threads: int = 1,
+    shape: str = "thread",
     log: Any = sys.stderr,
 ) -> dict[str, Any]:
-    """Count every configuration of every group; JSON-ready results."""
+    """Count every configuration of every group; JSON-ready results. Each is compared
+    with the ``shape``'s reference (persistent connections, or Django's native pool)."""
+    reference_config = SHAPES[shape][0]
+    check_shape_configs(shape, configs)
     groups: list[dict[str, Any]] = []
     for engine, server, tls, engine_configs in bench_groups(servers, configs, tls_variants):
         user, mode = TLS_VARIANTS[tls]
@@ -164,7 +177,9 @@ def run(
                 threads=max(threads, 1),
             )
             values = [
-                per_request(entry, config=config, requests=requests, threads=threads, seed=s)
+                per_request(
+                    entry, config=config, requests=requests, threads=threads, seed=s, shape=shape
+                )
                 for s in range(seeds)
             ]
             mean = sum(values) / len(values)
@@ -179,17 +194,21 @@ def run(
                     file=log,
                     flush=True,
                 )
-        reference = counted.get("persistent")
+        reference = counted.get(reference_config)
         for summary in counted.values():
-            summary["x_persistent"] = (
+            summary["x_reference"] = (
                 round(summary["mean"] / reference["mean"], 4) if reference else None
             )
-        groups.append({"engine": engine, "tls": tls, "configs": counted})
+        groups.append(
+            {"engine": engine, "tls": tls, "reference": reference_config, "configs": counted}
+        )
     return {
         "benchmark": "instructions",
         "parameters": {
             "requests": list(requests),
             "threads": threads,
+            "shape": shape,
+            "reference": reference_config,
             "seeds": seeds,
             "query": "SELECT name FROM bench_item WHERE id = %s (primary key, 1000 rows)",
         },
@@ -200,15 +219,15 @@ def run(
 
 
 def markdown_table(results: Mapping[str, Any]) -> str:
-    seeds = results["parameters"]["seeds"]
+    seeds, reference = results["parameters"]["seeds"], results["parameters"]["reference"]
     lines = [
         f"| Server | TLS | Configuration | instructions/request (mean of {seeds} seeds) "
-        "| per seed | x persistent |",
+        f"| per seed | x {reference} |",
         "| --- | --- | --- | ---: | --- | ---: |",
     ]
     for group in results["groups"]:
         for config, summary in group["configs"].items():
-            ratio = summary["x_persistent"]
+            ratio = summary["x_reference"]
             lines.append(
                 f"| {group['engine']} | {group['tls']} | {config} "
                 f"| {summary['mean'] / 1000:.1f}k "
@@ -226,7 +245,7 @@ def worker_main() -> int:
 
     setup = json.loads(sys.stdin.readline())
     configure_django({"default": setup["entry"]})
-    bench = Bench(int(setup["threads"]))
+    bench = Bench(int(setup["threads"]), new_wrapper=bool(setup.get("new_wrapper")))
     for requests in (int(setup["warmup"]), int(setup["requests"])):
         result = bench.run(requests)
         if result["errors"]:
@@ -245,7 +264,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--engines", default=",".join(ENGINES), help="postgresql,mysql")
     parser.add_argument("--tls", default=",".join(TLS_VARIANTS), help="off,verify-full")
     parser.add_argument(
-        "--configs", default=",".join(DEFAULT_CONFIGS), help=f"subset of {','.join(CONFIGS)}"
+        "--configs", default=None,
+        help=f"subset of {','.join(CONFIGS)} (default: "
+        + "; ".join(f"{shape}: {','.join(c)}" for shape, c in SHAPES.items()) + ")",
+    )
+    parser.add_argument(
+        "--shape", choices=tuple(SHAPES), default="thread",
+        help="thread: a wrapper serves request after request (WSGI); "
+        "asgi: a new wrapper per request, as under an ASGI server",
     )
     parser.add_argument(
         "--requests", default="300,900", help="the two request counts per thread (default 300,900)"
@@ -268,9 +294,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError:
         parser.error(f"--requests takes two counts, like 300,900, not {args.requests!r}")
     engines, tls_variants, selected = parse_selection(
-        parser, args.engines, args.tls, args.configs
+        parser, args.engines, args.tls, args.configs or ",".join(SHAPES[args.shape])
     )
-    configs = selected or list(DEFAULT_CONFIGS)
+    configs = selected or list(SHAPES[args.shape])
+    try:
+        check_shape_configs(args.shape, configs)
+    except ValueError as exc:
+        parser.error(f"--shape asgi: {exc}")
     with open_servers(engines, postgres_url=args.postgres_url, mysql_url=args.mysql_url) as servers:
         results = run(
             servers,
@@ -279,6 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             requests=(low, high),
             seeds=args.seeds,
             threads=args.threads,
+            shape=args.shape,
         )
     write_report(args.out, args.name, results, markdown_table(results))
     return 0

@@ -72,6 +72,7 @@ from benchmarks.common import (
     TLS_VARIANTS,
     Placement,
     bench_groups,
+    check_shape_configs,
     config_entry,
     configure_django,
     database_name,
@@ -90,8 +91,6 @@ DEFAULT_CONFIGS = ("persistent", "persistent_control", "multipool")
 REFERENCES = {"thread": "persistent", "asgi": "django_pool"}
 #: what a shape runs when --configs is not given
 SHAPE_CONFIGS = {"thread": DEFAULT_CONFIGS, "asgi": ("django_pool", "multipool")}
-#: configurations that keep a connection per wrapper: under the asgi shape, one per request
-PERSISTENT = ("persistent", "persistent_control")
 #: multipool with its metrics on: configuration -> what the worker sets up
 METRICS_CONFIGS = {"multipool_otel": "otel", "multipool_prometheus": "prometheus"}
 SQL = f"SELECT name FROM {BENCH_TABLE} WHERE id = %s"
@@ -278,9 +277,7 @@ def run(
     reference = REFERENCES[shape]
     if reference not in configs:
         raise ValueError(f"the {shape} shape needs {reference!r} among the configurations")
-    if shape == "asgi" and set(configs) & set(PERSISTENT):
-        raise ValueError("the asgi shape makes a wrapper per request: persistent connections "
-                         "would leak one connection per request; compare pools only")
+    check_shape_configs(shape, configs)
     with_metrics = [c for c in configs if c in METRICS_CONFIGS]
     base = [c for c in configs if c not in METRICS_CONFIGS]
     if with_metrics and "multipool" not in base:
@@ -447,9 +444,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--configs must include {reference} (the {args.shape} shape's reference)")
     if "conn_per_request" in configs:
         parser.error("conn_per_request is 10-100x slower; compare it with request_cycle")
-    if args.shape == "asgi" and set(configs) & set(PERSISTENT):
-        parser.error("--shape asgi: persistent connections leak one per request; "
-                     "compare pools only")
+    try:
+        check_shape_configs(args.shape, configs)
+    except ValueError as exc:
+        parser.error(f"--shape asgi: {exc}")
     with open_servers(engines, postgres_url=args.postgres_url, mysql_url=args.mysql_url) as servers:
         results = run(
             servers,

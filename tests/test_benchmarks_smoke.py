@@ -288,8 +288,52 @@ def test_instructions_smoke(mysql_server: Any) -> None:
         # a primary-key lookup through Django costs some 10^5 instructions,
         # not a handful (counts mixed up) and not 10^8 (start-up not cancelled)
         assert 10_000 < summary["mean"] < 10_000_000, (config, summary)
-    assert group["configs"]["persistent"]["x_persistent"] == 1.0
+    assert group["configs"]["persistent"]["x_reference"] == 1.0
     assert instructions.markdown_table(results).count("\n") == 3
+
+
+def test_instructions_asgi_shape_smoke(postgres_server: Any) -> None:
+    """The asgi shape counts a wrapper per request against Django's native pool."""
+    from benchmarks import instructions
+
+    if not instructions.callgrind_available():
+        reason = "the instruction-count benchmark needs valgrind (apt-get install valgrind)"
+        if in_ci():
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    results = instructions.run(
+        {"postgresql": postgres_server}, configs=instructions.SHAPES["asgi"],
+        tls_variants=("off",), requests=(2, 4), seeds=1, shape="asgi", log=None,
+    )  # fmt: skip
+    (group,) = results["groups"]
+    assert group["reference"] == "django_pool"
+    assert list(group["configs"]) == ["django_pool", "multipool"]
+    for config, summary in group["configs"].items():
+        assert 10_000 < summary["mean"] < 10_000_000, (config, summary)
+    assert group["configs"]["django_pool"]["x_reference"] == 1.0
+    assert "| x django_pool |" in instructions.markdown_table(results)
+    with pytest.raises(ValueError, match="leak"):
+        instructions.run({"postgresql": postgres_server}, configs=("django_pool", "persistent"),
+                         shape="asgi", log=None)  # fmt: skip
+
+
+def test_one_request_with_a_new_wrapper_per_request() -> None:
+    """The asgi shape's request gets a connection wrapper of its own, as under an
+    ASGI server; the thread shape goes on with the wrapper it has."""
+    from django.core import signals
+    from django.db import connections
+
+    from benchmarks.cycle_worker import one_request
+
+    before = connections["default"]
+    one_request(connections, signals, None, sql="SELECT 1")
+    assert connections["default"] is before
+    one_request(connections, signals, None, sql="SELECT 1", new_wrapper=True)
+    after = connections["default"]
+    assert after is not before
+    one_request(connections, signals, None, sql="SELECT 1", new_wrapper=True)
+    assert connections["default"] is not after
+    connections["default"].close()
 
 
 def test_paired_smoke(bench_server: Any) -> None:
