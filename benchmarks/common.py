@@ -75,6 +75,24 @@ def check_shape_configs(shape: str, configs: Sequence[str]) -> None:
                          "would leak one connection per request; compare pools only")
 
 
+def add_shape_arguments(
+    parser: Any, known: Iterable[str], defaults: Mapping[str, Sequence[str]]
+) -> None:
+    """``--configs`` and ``--shape`` of a benchmark with the ``thread`` and ``asgi``
+    shapes; ``defaults``: shape -> the configurations it runs without ``--configs``."""
+    parser.add_argument(
+        "--configs",
+        default=None,
+        help=f"subset of {','.join(known)} (default: "
+        + "; ".join(f"{shape}: {','.join(c)}" for shape, c in defaults.items()) + ")",
+    )
+    parser.add_argument(
+        "--shape", choices=tuple(defaults), default="thread",
+        help="thread: a wrapper serves request after request (WSGI); "
+        "asgi: a new wrapper per request, as under an ASGI server",
+    )
+
+
 def available_configs(engine: str) -> tuple[str, ...]:
     """The configurations of ``engine`` this installation can run (Django's native
     pool needs Django 5.1+)."""

@@ -47,6 +47,7 @@ from benchmarks.common import (
     REPO_ROOT,
     RESULTS_DIR,
     TLS_VARIANTS,
+    add_shape_arguments,
     bench_groups,
     check_shape_configs,
     config_entry,
@@ -263,16 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--engines", default=",".join(ENGINES), help="postgresql,mysql")
     parser.add_argument("--tls", default=",".join(TLS_VARIANTS), help="off,verify-full")
-    parser.add_argument(
-        "--configs", default=None,
-        help=f"subset of {','.join(CONFIGS)} (default: "
-        + "; ".join(f"{shape}: {','.join(c)}" for shape, c in SHAPES.items()) + ")",
-    )
-    parser.add_argument(
-        "--shape", choices=tuple(SHAPES), default="thread",
-        help="thread: a wrapper serves request after request (WSGI); "
-        "asgi: a new wrapper per request, as under an ASGI server",
-    )
+    add_shape_arguments(parser, CONFIGS, SHAPES)
     parser.add_argument(
         "--requests", default="300,900", help="the two request counts per thread (default 300,900)"
     )

@@ -71,6 +71,7 @@ from benchmarks.common import (
     RESULTS_DIR,
     TLS_VARIANTS,
     Placement,
+    add_shape_arguments,
     bench_groups,
     check_shape_configs,
     config_entry,
@@ -401,17 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--engines", default=",".join(ENGINES), help="postgresql,mysql")
     parser.add_argument("--tls", default=",".join(TLS_VARIANTS), help="off,verify-full")
-    parser.add_argument(
-        "--configs",
-        default=None,
-        help=f"subset of {','.join([*CONFIGS, *METRICS_CONFIGS])} (default: "
-        + "; ".join(f"{shape}: {','.join(c)}" for shape, c in SHAPE_CONFIGS.items()) + ")",
-    )
-    parser.add_argument(
-        "--shape", choices=tuple(REFERENCES), default="thread",
-        help="thread: a wrapper serves request after request (WSGI); "
-        "asgi: a new wrapper per request, as under an ASGI server",
-    )
+    add_shape_arguments(parser, [*CONFIGS, *METRICS_CONFIGS], SHAPE_CONFIGS)
     parser.add_argument("--threads", type=int, default=4, help="threads (default 4)")
     parser.add_argument("--pool-size", type=int, default=None,
                         help="POOL_SIZE of every pool (default: --threads); Django's native "

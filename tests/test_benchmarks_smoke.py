@@ -268,9 +268,7 @@ def test_checkout_micro_smoke(postgres_server: Any) -> None:
     assert boundary["checkouts"] >= 40
 
 
-def test_instructions_smoke(mysql_server: Any) -> None:
-    """Instructions per request under callgrind: a few requests, both configurations
-    the report compares; the counts are positive and of a request's size."""
+def _require_callgrind() -> None:
     from benchmarks import instructions
 
     if not instructions.callgrind_available():
@@ -278,6 +276,14 @@ def test_instructions_smoke(mysql_server: Any) -> None:
         if in_ci():
             pytest.fail(reason, pytrace=False)
         pytest.skip(reason)
+
+
+def test_instructions_smoke(mysql_server: Any) -> None:
+    """Instructions per request under callgrind: a few requests, both configurations
+    the report compares; the counts are positive and of a request's size."""
+    from benchmarks import instructions
+
+    _require_callgrind()
     results = instructions.run(
         {"mysql": mysql_server}, tls_variants=("off",), requests=(2, 4), seeds=1, log=None
     )
@@ -296,11 +302,7 @@ def test_instructions_asgi_shape_smoke(postgres_server: Any) -> None:
     """The asgi shape counts a wrapper per request against Django's native pool."""
     from benchmarks import instructions
 
-    if not instructions.callgrind_available():
-        reason = "the instruction-count benchmark needs valgrind (apt-get install valgrind)"
-        if in_ci():
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
+    _require_callgrind()
     results = instructions.run(
         {"postgresql": postgres_server}, configs=instructions.SHAPES["asgi"],
         tls_variants=("off",), requests=(2, 4), seeds=1, shape="asgi", log=None,
