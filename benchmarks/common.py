@@ -65,6 +65,9 @@ LABELS: dict[str, str] = {
 
 #: configurations that keep a connection per wrapper: under the asgi shape, one per request
 PERSISTENT = ("persistent", "persistent_control")
+#: shape -> the configuration every other is compared with: ``thread`` (a wrapper
+#: serves request after request), ``asgi`` (a new wrapper per request)
+SHAPE_REFERENCES = {"thread": "persistent", "asgi": "django_pool"}
 
 
 def check_shape_configs(shape: str, configs: Sequence[str]) -> None:

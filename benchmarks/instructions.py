@@ -46,6 +46,7 @@ from benchmarks.common import (
     ENGINES,
     REPO_ROOT,
     RESULTS_DIR,
+    SHAPE_REFERENCES,
     TLS_VARIANTS,
     add_shape_arguments,
     bench_groups,
@@ -61,8 +62,8 @@ from benchmarks.common import (
     write_report,
 )
 
-#: shape -> the configurations it counts by default; the first is the reference
-SHAPES = {"thread": ("persistent", "multipool"), "asgi": ("django_pool", "multipool")}
+#: shape -> the configurations it counts by default (its reference first)
+SHAPES = {shape: (reference, "multipool") for shape, reference in SHAPE_REFERENCES.items()}
 DEFAULT_CONFIGS = SHAPES["thread"]
 _TOTALS = re.compile(r"^(?:summary|totals):\s+(\d+)", re.MULTILINE)
 
@@ -162,7 +163,7 @@ def run(
 ) -> dict[str, Any]:
     """Count every configuration of every group; JSON-ready results. Each is compared
     with the ``shape``'s reference (persistent connections, or Django's native pool)."""
-    reference_config = SHAPES[shape][0]
+    reference_config = SHAPE_REFERENCES[shape]
     check_shape_configs(shape, configs)
     groups: list[dict[str, Any]] = []
     for engine, server, tls, engine_configs in bench_groups(servers, configs, tls_variants):

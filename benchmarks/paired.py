@@ -69,6 +69,7 @@ from benchmarks.common import (
     ENGINES,
     REPO_ROOT,
     RESULTS_DIR,
+    SHAPE_REFERENCES,
     TLS_VARIANTS,
     Placement,
     add_shape_arguments,
@@ -88,8 +89,6 @@ from benchmarks.common import (
 )
 
 DEFAULT_CONFIGS = ("persistent", "persistent_control", "multipool")
-#: shape -> the configuration every other is compared with, block by block
-REFERENCES = {"thread": "persistent", "asgi": "django_pool"}
 #: what a shape runs when --configs is not given
 SHAPE_CONFIGS = {"thread": DEFAULT_CONFIGS, "asgi": ("django_pool", "multipool")}
 #: multipool with its metrics on: configuration -> what the worker sets up
@@ -275,7 +274,7 @@ def run(
     ``pool_size`` given, Django's native pool gets ``min_size=pool_size`` and
     ``max_size=pool_size + max_overflow`` (else ``threads`` both). Fewer connections
     than threads make requests wait for one, as under an ASGI server."""
-    reference = REFERENCES[shape]
+    reference = SHAPE_REFERENCES[shape]
     if reference not in configs:
         raise ValueError(f"the {shape} shape needs {reference!r} among the configurations")
     check_shape_configs(shape, configs)
@@ -430,7 +429,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     if any(c in METRICS_CONFIGS for c in configs) and "multipool" not in configs:
         parser.error("--configs: the metrics configurations need multipool (their reference)")
-    reference = REFERENCES[args.shape]
+    reference = SHAPE_REFERENCES[args.shape]
     if reference not in configs:
         parser.error(f"--configs must include {reference} (the {args.shape} shape's reference)")
     if "conn_per_request" in configs:
