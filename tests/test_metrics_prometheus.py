@@ -149,6 +149,55 @@ def test_one_process_records_from_the_first_scrape_on(postgres_server, tmp_path)
     assert value(second, "db_client_connection_use_time_seconds_count", "default") == 3
 
 
+UNUSED_THEN_EXPORTED = textwrap.dedent(
+    """
+    import sys
+    import django
+    from django.conf import settings
+    import multipool
+    settings.configure(DATABASES=multipool.databases())
+    django.setup()
+    from django.core.signals import request_finished, request_started
+    from django.db import connection
+
+    def requests(count):
+        for _ in range(count):
+            request_started.send(sender=None)
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+            request_finished.send(sender=None)
+
+    requests(3)
+    print(sorted(m for m in ("prometheus_client", "opentelemetry.metrics") if m in sys.modules))
+    import prometheus_client  # the application's exporter, after the first pool
+    requests(1)
+    print(prometheus_client.generate_latest().decode())
+    requests(2)
+    print(prometheus_client.generate_latest().decode())
+    """
+)
+
+
+def test_installed_but_unused_libraries_are_not_loaded(postgres_server, tmp_path):
+    """A process that has prometheus_client and the OpenTelemetry API installed but
+    uses neither never loads them; once the application imports prometheus_client
+    (an exporter of the default registry), the next request puts multipool's
+    metrics in that registry, and the first scrape starts the histograms."""
+    env = clean_env(DATABASE_URL=postgres_server.url("app"))
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    out = subprocess.run(
+        [sys.executable, "-c", UNUSED_THEN_EXPORTED], env=env, cwd=tmp_path,
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    loaded, rest = out.stdout.split("\n", 1)
+    assert loaded == "[]"
+    first, second = (samples(part) for part in rest.split("\n\n", 1))
+    assert value(first, "db_client_connection_count", "default", state="idle") == 1
+    assert not any(name.startswith("db_client_connection_use_time") for name, _ in first)
+    assert value(second, "db_client_connection_use_time_seconds_count", "default") == 2
+
+
 def test_cli_connect_shows_the_command_own_pool(server, tmp_path):
     env = clean_env(DATABASE_URL=server.url("app"), DATABASE_POOL_SIZE="3")
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)

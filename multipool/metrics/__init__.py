@@ -16,7 +16,8 @@ One job per module:
 * :mod:`~multipool.metrics.events` -- pool events as log records with their
   fields in ``extra``.
 
-``docs/metrics.md`` is the user's guide. This package imports no metrics
-library until a pool that reports metrics is created, and nothing of it at
-import time (the pools import :mod:`~multipool.metrics.events`).
+``docs/metrics.md`` is the user's guide. This package imports a metrics
+library only once the application uses it (see
+:mod:`~multipool.metrics.recorder`), and nothing of it at import time (the
+pools import :mod:`~multipool.metrics.events`).
 """

@@ -1,13 +1,16 @@
 """The pools' metrics through the OpenTelemetry API (``pip install multipool[opentelemetry]``).
 
 The instruments are created once, on the meter ``multipool`` of the global
-MeterProvider (``opentelemetry.metrics``), when the first pool that reports
-metrics is created. Until the application sets a provider the API hands out
-proxies, which start delivering to the provider once it is set: an application
-that configures OpenTelemetry before or after importing multipool receives
-the metrics with no multipool setting. :func:`set_meter_provider` gives
-multipool a provider of its own instead (tests, or an application that keeps
-library metrics apart).
+MeterProvider (``opentelemetry.metrics``), at the first record after the
+application has imported ``opentelemetry.metrics`` (:func:`in_use`): setting up
+the SDK or an instrumentation imports it. Until then nothing of OpenTelemetry
+is imported -- a process that has the API installed but does not use it does
+not load it. Until the application sets a provider the API hands out proxies,
+which start delivering to the provider once it is set: an application that
+configures OpenTelemetry before or after its first request receives the
+metrics with no multipool setting. :func:`set_meter_provider` gives multipool a
+provider of its own instead (tests, or an application that keeps library
+metrics apart).
 
 * the **observed** metrics (:data:`~multipool.metrics.names.OBSERVED`) are
   observable up-down counters whose callbacks read every pool's stats when
@@ -21,6 +24,7 @@ OpenTelemetry recording.
 
 from __future__ import annotations
 
+import sys
 import threading
 import weakref
 from collections.abc import Iterable
@@ -43,9 +47,11 @@ from multipool.metrics.names import (
 )
 from multipool.metrics.readings import pool_readings
 
-__all__ = ["OtelInstruments", "current", "instruments", "set_meter_provider"]
+__all__ = ["OtelInstruments", "current", "in_use", "instruments", "set_meter_provider"]
 
 METER_NAME = "multipool"
+#: the module whose presence says the application uses OpenTelemetry's metrics
+API_MODULE = "opentelemetry.metrics"
 
 #: the instruments pools record to now (None: not created yet, or no OpenTelemetry)
 current: OtelInstruments | None = None
@@ -99,6 +105,14 @@ def _histogram(meter: Any, timed: Timed) -> Any:
 
 def _counter(meter: Any, counted: Counted) -> Any:
     return meter.create_counter(counted.name, unit=counted.unit, description=counted.description)
+
+
+def in_use() -> OtelInstruments | None:
+    """The instruments once the application has imported OpenTelemetry's metrics API
+    (created then); ``None`` before, importing nothing."""
+    if current is not None or API_MODULE not in sys.modules:
+        return current
+    return instruments()
 
 
 def instruments() -> OtelInstruments | None:

@@ -24,14 +24,19 @@ and ``role`` (and ``state`` for the connection count). Two modes, chosen by
   ``prometheus_client.multiprocess.mark_process_dead(pid)`` for each exited
   worker (gunicorn's ``child_exit``).
 
-Without ``prometheus_client`` nothing here is imported and pools get no
-Prometheus recording.
+``prometheus_client`` is imported when the application uses it: with
+``PROMETHEUS_MULTIPROC_DIR`` set, when the first pool that reports metrics is
+created; in one process, at the first record after the application (an
+exporter, django-prometheus, multipool's view) has imported it
+(:func:`in_use`). A process that has it installed but does not use it does not
+load it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -57,6 +62,7 @@ __all__ = [
     "PrometheusInstruments",
     "current",
     "exposition",
+    "in_use",
     "instruments",
     "multiprocess_dir",
     "start_recording",
@@ -164,6 +170,14 @@ class PoolCollector:
         if made is not None:
             for metric in made.metrics.values():
                 yield from metric.collect()
+
+
+def in_use() -> PrometheusInstruments | None:
+    """This process's instruments once the application has imported
+    ``prometheus_client`` (created then); ``None`` before, importing nothing."""
+    if current is not None or "prometheus_client" not in sys.modules:
+        return current
+    return instruments()
 
 
 def instruments() -> PrometheusInstruments | None:
