@@ -107,8 +107,10 @@ def test_view_speaks_openmetrics_when_asked():
     assert metrics(RequestFactory().post("/metrics")).status_code == 405
 
 
-UNSCRAPED = textwrap.dedent(
+#: a process with multipool's pool for DATABASE_URL and requests(count) to make
+APPLICATION = textwrap.dedent(
     """
+    import sys
     import django
     from django.conf import settings
     import multipool
@@ -116,7 +118,6 @@ UNSCRAPED = textwrap.dedent(
     django.setup()
     from django.core.signals import request_finished, request_started
     from django.db import connection
-    from multipool.metrics.prometheus import exposition
 
     def requests(count):
         for _ in range(count):
@@ -124,7 +125,12 @@ UNSCRAPED = textwrap.dedent(
             with connection.cursor() as cursor:
                 cursor.execute("SELECT 1")
             request_finished.send(sender=None)
+    """
+)
 
+UNSCRAPED = APPLICATION + textwrap.dedent(
+    """
+    from multipool.metrics.prometheus import exposition
     requests(4)
     print(exposition()[0].decode())
     requests(3)
@@ -149,24 +155,8 @@ def test_one_process_records_from_the_first_scrape_on(postgres_server, tmp_path)
     assert value(second, "db_client_connection_use_time_seconds_count", "default") == 3
 
 
-UNUSED_THEN_EXPORTED = textwrap.dedent(
+UNUSED_THEN_EXPORTED = APPLICATION + textwrap.dedent(
     """
-    import sys
-    import django
-    from django.conf import settings
-    import multipool
-    settings.configure(DATABASES=multipool.databases())
-    django.setup()
-    from django.core.signals import request_finished, request_started
-    from django.db import connection
-
-    def requests(count):
-        for _ in range(count):
-            request_started.send(sender=None)
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT 1")
-            request_finished.send(sender=None)
-
     requests(3)
     print(sorted(m for m in ("prometheus_client", "opentelemetry.metrics") if m in sys.modules))
     import prometheus_client  # the application's exporter, after the first pool
