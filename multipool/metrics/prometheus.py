@@ -56,6 +56,7 @@ from multipool.metrics.publisher import Publisher
 from multipool.metrics.readings import pool_readings
 
 __all__ = [
+    "CLIENT_MODULE",
     "MULTIPROC_DIR",
     "MetricsUnavailable",
     "PoolChildren",
@@ -71,6 +72,8 @@ __all__ = [
 logger = logging.getLogger("multipool.metrics")
 
 MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
+#: the module whose presence says the application uses Prometheus
+CLIENT_MODULE = "prometheus_client"
 
 #: the instruments pools record to (None: not created yet in this process)
 current: PrometheusInstruments | None = None
@@ -175,7 +178,7 @@ class PoolCollector:
 def in_use() -> PrometheusInstruments | None:
     """This process's instruments once the application has imported
     ``prometheus_client`` (created then); ``None`` before, importing nothing."""
-    if current is not None or "prometheus_client" not in sys.modules:
+    if current is not None or CLIENT_MODULE not in sys.modules:
         return current
     return instruments()
 

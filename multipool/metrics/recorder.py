@@ -157,7 +157,7 @@ def recorder_for(spec: DatabaseSpec) -> PoolRecorder | None:
     this process starts writing its observed values."""
     if not spec.pool.metrics:
         return None
-    if not (_installed(otel.API_MODULE) or _installed("prometheus_client")):
+    if not (_installed(otel.API_MODULE) or _installed(prometheus.CLIENT_MODULE)):
         return None
     role = "primary" if spec.replica_of is None else "replica"
     recorder = PoolRecorder(spec.alias, role, spec.vendor)
