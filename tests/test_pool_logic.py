@@ -186,17 +186,17 @@ def test_timeout_within_its_bound_names_the_alias_and_frees_nothing() -> None:
 
 
 def test_a_waiter_served_just_as_its_wait_times_out_gets_the_connection(monkeypatch) -> None:
-    from multipool.pools import pool as pool_module
+    from multipool.pools import waiting
 
     pool = make_pool(size=1, max_overflow=0, timeout=5.0)
     held = pool.checkout(FakeConnection)
-    wait = pool_module._Waiter.wait
+    wait = waiting.Waiter.wait
 
     def served_then_timed_out(waiter: Any, timeout: float) -> bool:
         assert wait(waiter, timeout)  # served...
         return False  # ...but the wait reports its timeout
 
-    monkeypatch.setattr(pool_module._Waiter, "wait", served_then_timed_out)
+    monkeypatch.setattr(waiting.Waiter, "wait", served_then_timed_out)
     got: list[Lease] = []
     t = threading.Thread(target=lambda: got.append(pool.checkout(FakeConnection)))
     t.start()
@@ -267,8 +267,9 @@ def test_a_request_without_a_connection_of_its_own_takes_the_one_kept_first() ->
 
 def test_after_a_burst_requests_one_at_a_time_let_the_surplus_close() -> None:
     """ASGI again (nobody takes a connection back): after a burst opened connections
-    above ``pool_size``, requests one at a time reuse the connection kept last, and
-    the others, idle, close after ``overflow_idle``."""
+    above ``pool_size``, requests one at a time use the kept connections in turn, so
+    none sits idle by itself; still one of them is idle at every moment, and the
+    surplus closes, one ``overflow_idle`` after another, without a new connection."""
     pool = make_pool(size=1, max_overflow=2, timeout=1.0, overflow_idle=0.05, poll_idle=60.0)
     burst = [pool.checkout(FakeConnection) for _ in range(3)]
     for lease in burst:
@@ -280,7 +281,7 @@ def test_after_a_burst_requests_one_at_a_time_let_the_surplus_close() -> None:
     assert pool.stats().open == 1 and FakeConnection.opened == 3
 
 
-def test_under_asgi_connections_each_burst_needs_all_stay_open() -> None:
+def test_connections_every_burst_uses_stay_open() -> None:
     """The other side of the last test: while every burst lends every connection,
     none is surplus, however long the load lasts (here six ``overflow_idle``)."""
     pool = make_pool(size=1, max_overflow=2, timeout=1.0, overflow_idle=0.05, poll_idle=60.0)

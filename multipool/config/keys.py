@@ -198,8 +198,7 @@ ENV_KEYS: tuple[EnvKey, ...] = (
         "boolean",
         "`true`",
         "Hand out the most recently returned of the connections in SQLAlchemy's queue "
-        "first. Connections kept between requests are lent oldest first either way "
-        "(under uvicorn that served 2.4 % more requests/s).",
+        "first. Connections kept between requests are lent oldest first either way.",
     ),
     EnvKey(
         "POOL_RESET",

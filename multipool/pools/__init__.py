@@ -6,6 +6,7 @@
 * :mod:`multipool.pools.pool` -- :class:`AliasPool`, who gets a connection and
   when it is checked, over a SQLAlchemy ``QueuePool``; :class:`Lease`, the
   handle lent to a backend;
+* :mod:`multipool.pools.waiting` -- a thread waiting for a connection;
 * :mod:`multipool.pools.staleness` -- when an idle connection is checked;
 * :mod:`multipool.pools.stats` -- :class:`PoolStats`; :class:`Recorder`, what a
   pool tells its metrics (:mod:`multipool.metrics`);

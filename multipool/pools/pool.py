@@ -49,6 +49,7 @@ from multipool.pools.reports import log_invalidated, log_opened, log_timeout, ti
 from multipool.pools.retirement import Retirement, Rotation
 from multipool.pools.staleness import NO_CHECK, POLL, SocketWatch, Staleness
 from multipool.pools.stats import ConnectionFacts, Counters, PoolStats, Recorder
+from multipool.pools.waiting import SLOT, Waiter
 
 if TYPE_CHECKING:
     from sqlalchemy.pool import PoolProxiedConnection
@@ -101,34 +102,6 @@ class Lease:
         return f"<Lease {self.connection!r}>"
 
 
-class _Waiter:
-    """A thread waiting for a connection: handed a :class:`Lease`, or ``_SLOT``.
-
-    ``signal`` is a lock the waiting thread holds from the start and blocks on,
-    trying to acquire it again; whoever serves the waiter (under the pool's
-    lock) sets ``got`` and releases it -- a lock may be released by any thread.
-    """
-
-    __slots__ = ("got", "signal")
-
-    def __init__(self) -> None:
-        self.signal = threading.Lock()
-        self.signal.acquire()
-        self.got: Lease | object | None = None
-
-    def wait(self, timeout: float) -> bool:
-        """Block until served or ``timeout`` seconds passed; whether served."""
-        return self.signal.acquire(timeout=timeout)
-
-    def serve(self, got: Lease | object) -> None:
-        self.got = got
-        self.signal.release()
-
-
-#: what a waiter gets when a slot, not a connection, became free
-_SLOT = object()
-
-
 class AliasPool:
     """The pool of one alias (see the module doc)."""
 
@@ -168,7 +141,7 @@ class AliasPool:
         self._overflow_idle = float(pool.overflow_idle)
         self._lock = threading.Lock()
         self._free = pool.size + pool.max_overflow
-        self._waiters: deque[_Waiter] = deque()
+        self._waiters: deque[Waiter] = deque()
         self._kept: dict[Lease, float] = {}  # lease -> when kept; oldest first
         self._kept_since = 0.0  # when _kept last went from empty to not empty
         self._suspect_before = float("-inf")
@@ -203,7 +176,7 @@ class AliasPool:
         with self._lock:
             got = self._take_now()
             if got is None:
-                waiter = _Waiter()
+                waiter = Waiter()
                 self._waiters.append(waiter)
         if waiter is not None:
             got = self._wait(waiter)
@@ -216,7 +189,7 @@ class AliasPool:
         return lease
 
     def _take_now(self) -> Lease | object | None:
-        """Under the lock: a kept lease, ``_SLOT`` (a free slot, now ours), or ``None``
+        """Under the lock: a kept lease, ``SLOT`` (a free slot, now ours), or ``None``
         (wait). A kept lease is taken when no slot is free, or when filling one
         would open an overflow connection."""
         if self._waiters:
@@ -229,14 +202,14 @@ class AliasPool:
             return lease
         if self._free > 0:
             self._free -= 1
-            return _SLOT
+            return SLOT
         return None
 
     def _would_overflow(self) -> bool:
         queue = self._queue
         return queue.checkedin() == 0 and queue.overflow() >= 0
 
-    def _wait(self, waiter: _Waiter) -> Lease | object:
+    def _wait(self, waiter: Waiter) -> Lease | object:
         """Until ``waiter`` is served (whoever serves it counts the wait) or the pool
         timeout passes (then :class:`~multipool.errors.PoolTimeout`)."""
         started = time.monotonic()
@@ -513,7 +486,7 @@ class AliasPool:
         with self._lock:
             if self._waiters:
                 self._counters.waits += 1
-                self._waiters.popleft().serve(_SLOT)
+                self._waiters.popleft().serve(SLOT)
             else:
                 self._free += 1
 
