@@ -265,25 +265,10 @@ def test_a_request_without_a_connection_of_its_own_takes_the_one_kept_first() ->
     assert [pool.checkout(FakeConnection) for _ in range(3)] == leases
 
 
-def test_after_a_burst_requests_one_at_a_time_let_the_surplus_close() -> None:
-    """ASGI again (nobody takes a connection back): after a burst opened connections
-    above ``pool_size``, requests one at a time use the kept connections in turn, so
-    none sits idle by itself; still one of them is idle at every moment, and the
-    surplus closes, one ``overflow_idle`` after another, without a new connection."""
-    pool = make_pool(size=1, max_overflow=2, timeout=1.0, overflow_idle=0.05, poll_idle=60.0)
-    burst = [pool.checkout(FakeConnection) for _ in range(3)]
-    for lease in burst:
-        assert pool.keep(lease)
-    deadline = time.monotonic() + 5
-    while FakeConnection.open_now > 1:
-        assert time.monotonic() < deadline, "the idle surplus connections were never closed"
-        pool.keep(pool.checkout(FakeConnection))  # a request: checkout, kept at its end
-    assert pool.stats().open == 1 and FakeConnection.opened == 3
-
-
 def test_connections_every_burst_uses_stay_open() -> None:
-    """The other side of the last test: while every burst lends every connection,
-    none is surplus, however long the load lasts (here six ``overflow_idle``)."""
+    """Under ASGI (nobody takes a connection back): while every burst lends every
+    connection, none above ``pool_size`` is surplus, however long the load lasts
+    (here six ``overflow_idle``)."""
     pool = make_pool(size=1, max_overflow=2, timeout=1.0, overflow_idle=0.05, poll_idle=60.0)
     deadline = time.monotonic() + 0.3
     while time.monotonic() < deadline:

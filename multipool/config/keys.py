@@ -186,11 +186,9 @@ ENV_KEYS: tuple[EnvKey, ...] = (
         "pool_overflow_idle",
         _SECONDS,
         "`30`",
-        "Keep connections opened above `POOL_SIZE` while the load uses them; once one "
-        "connection or another has sat idle at every moment for this long, close one (the "
-        "next after another such period). `0`: close them as soon as they are returned "
-        "(SQLAlchemy's behaviour), which under sustained load reopens them, a TLS handshake "
-        "each time.",
+        "Keep connections opened above `POOL_SIZE` while they are reused; close one once it "
+        "has sat idle this long. `0`: close them as soon as they are returned (SQLAlchemy's "
+        "behaviour), which under sustained load reopens them, a TLS handshake each time.",
     ),
     EnvKey(
         "POOL_LIFO",

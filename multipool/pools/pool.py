@@ -143,7 +143,6 @@ class AliasPool:
         self._free = pool.size + pool.max_overflow
         self._waiters: deque[Waiter] = deque()
         self._kept: dict[Lease, float] = {}  # lease -> when kept; oldest first
-        self._kept_since = 0.0  # when _kept last went from empty to not empty
         self._suspect_before = float("-inf")
         self._counters = Counters()
         self._physical: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -382,7 +381,7 @@ class AliasPool:
                 return False
             stays = not due and not self.retired and self._may_keep(now)
             if stays:
-                self._add_kept(lease, now)
+                self._kept[lease] = now
                 return True
         self._checkin(lease)
         return False
@@ -395,23 +394,8 @@ class AliasPool:
             return True
         if self._overflow_idle <= 0 or self._surplus():
             return False
-        since = self._idle_since()
-        return since is None or since > now - self._overflow_idle
-
-    def _add_kept(self, lease: Lease, now: float) -> None:
-        """Under the lock: ``lease`` joins the kept ones, as the newest."""
-        if not self._kept:
-            self._kept_since = now
-        self._kept[lease] = now
-
-    def _idle_since(self) -> float | None:
-        """Under the lock: since when some connection has sat kept at every moment --
-        the oldest kept one, or the kept ones in turn (under ASGI no thread takes its
-        connection back, and the next request takes the one kept first) -- or ``None``
-        if none is kept. Above ``pool_size``, one connection is surplus once that is
-        ``overflow_idle`` ago."""
         oldest = next(iter(self._kept.values()), None)
-        return None if oldest is None else min(oldest, self._kept_since)
+        return oldest is None or oldest > now - self._overflow_idle
 
     def take_back(self, lease: Lease) -> bool:
         """Take back a lease this caller gave to :meth:`keep`. ``False`` if another
@@ -459,7 +443,7 @@ class AliasPool:
                         # Keep a surplus connection for whoever needs one next,
                         # instead of closing it now and opening another (TLS
                         # handshake and all) at the next burst.
-                        self._add_kept(lease, now)
+                        self._kept[lease] = now
                         return
             self._return_to_queue(lease)
             self._reap()
@@ -515,24 +499,20 @@ class AliasPool:
             logger.debug("multipool: error while discarding a connection", exc_info=True)
 
     def _reap(self) -> None:
-        """Above ``pool_size``, close the oldest kept connection once some connection
-        has sat kept ``overflow_idle`` seconds (:meth:`_idle_since`); the next one
-        goes after another ``overflow_idle``, unless it sat idle that long itself.
+        """Close the oldest surplus connection if it sat kept ``overflow_idle`` seconds.
 
         Runs on checkin, so a pool that goes quiet keeps its surplus until the
         next request; never more than ``pool_size + max_overflow``.
         """
         if self._queue.overflow() <= 0:
             return
-        now = time.monotonic()
+        cutoff = time.monotonic() - self._overflow_idle
         with self._lock:
-            since = self._idle_since()
-            if since is None or since > now - self._overflow_idle:
+            oldest = next(iter(self._kept.items()), None)
+            if oldest is None or oldest[1] > cutoff:
                 return
-            oldest = next(iter(self._kept))
-            del self._kept[oldest]
-            self._kept_since = now
-        self._return_to_queue(oldest)
+            del self._kept[oldest[0]]
+        self._return_to_queue(oldest[0])
 
     # -- observability and teardown -------------------------------------------------------
     def _open_count(self) -> int:
