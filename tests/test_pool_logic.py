@@ -265,17 +265,61 @@ def test_a_request_without_a_connection_of_its_own_takes_the_one_kept_first() ->
     assert [pool.checkout(FakeConnection) for _ in range(3)] == leases
 
 
-def test_connections_every_burst_uses_stay_open() -> None:
+@pytest.mark.parametrize(("size", "max_overflow"), [(1, 2), (4, 4)])
+def test_connections_every_burst_uses_stay_open(size: int, max_overflow: int) -> None:
     """Under ASGI (nobody takes a connection back): while every burst lends every
     connection, none above ``pool_size`` is surplus, however long the load lasts
     (here six ``overflow_idle``)."""
-    pool = make_pool(size=1, max_overflow=2, timeout=1.0, overflow_idle=0.05, poll_idle=60.0)
+    pool = make_pool(
+        size=size, max_overflow=max_overflow, timeout=1.0, overflow_idle=0.05, poll_idle=60.0
+    )
     deadline = time.monotonic() + 0.3
     while time.monotonic() < deadline:
-        burst = [pool.checkout(FakeConnection) for _ in range(3)]
+        burst = [pool.checkout(FakeConnection) for _ in range(size + max_overflow)]
         for lease in burst:
             assert pool.keep(lease)
-    assert FakeConnection.opened == 3 and pool.stats().open == 3
+    assert FakeConnection.opened == size + max_overflow
+    assert pool.stats().open == size + max_overflow
+
+
+@pytest.mark.parametrize(("size", "max_overflow"), [(1, 3), (2, 2), (4, 4)])
+def test_after_a_burst_requests_one_at_a_time_let_the_surplus_close(
+    size: int, max_overflow: int
+) -> None:
+    """ASGI again: after a burst opened connections above ``pool_size``, requests
+    one at a time take the kept connections in turn, so none sits unused for
+    ``overflow_idle`` by itself; still one is more than the load needs, so one
+    closes per ``overflow_idle`` until ``pool_size`` remain, none opened again."""
+    pool = make_pool(
+        size=size, max_overflow=max_overflow, timeout=1.0, overflow_idle=0.05, poll_idle=60.0
+    )
+    burst = [pool.checkout(FakeConnection) for _ in range(size + max_overflow)]
+    for lease in burst:
+        assert pool.keep(lease)
+    deadline = time.monotonic() + 5
+    while FakeConnection.open_now > size:
+        assert time.monotonic() < deadline, "the connections above pool_size stayed open"
+        pool.keep(pool.checkout(FakeConnection))  # a request: checkout, kept at its end
+    assert FakeConnection.opened == size + max_overflow
+    stats = pool.stats()
+    assert (stats.open, stats.idle, stats.checked_out) == (size, size, 0)
+
+
+def test_a_connection_the_shrinking_pool_queues_is_checked_before_it_is_lent() -> None:
+    """Shrinking gives the oldest kept connections to SQLAlchemy's queue first (it
+    closes one only when it holds ``pool_size`` idle): they keep the time they
+    were given back, so the health check still sees how long they sat idle."""
+    pool = make_pool(size=2, max_overflow=1, timeout=1.0, overflow_idle=0.05, poll_idle=0.0)
+    busy, first, second = (pool.checkout(FakeConnection) for _ in range(3))
+    assert pool.keep(first) and pool.keep(second)
+    time.sleep(0.1)  # both sit kept past overflow_idle: one connection is surplus
+    first.connection.server_closes()
+    second.connection.server_closes()
+    assert not pool.keep(busy)  # to the queue; the kept ones fill it, one closes
+    assert pool.stats().open == 2
+    lent = [pool.checkout(FakeConnection) for _ in range(2)]
+    assert all(lease.connection.alive for lease in lent)
+    assert pool.stats().ping_failures == 1
 
 
 def test_overflow_idle_zero_closes_surplus_on_return() -> None:

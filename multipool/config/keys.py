@@ -136,8 +136,8 @@ ENV_KEYS: tuple[EnvKey, ...] = (
         "max_overflow",
         "integer ≥ 0",
         "`5`",
-        "Extra connections opened above `POOL_SIZE` under load; closed once idle for "
-        "`POOL_OVERFLOW_IDLE` seconds.",
+        "Extra connections opened above `POOL_SIZE` under load; closed again, one per "
+        "`POOL_OVERFLOW_IDLE` seconds, once the load no longer needs them.",
     ),
     EnvKey(
         "POOL_TIMEOUT",
@@ -186,9 +186,11 @@ ENV_KEYS: tuple[EnvKey, ...] = (
         "pool_overflow_idle",
         _SECONDS,
         "`30`",
-        "Keep connections opened above `POOL_SIZE` while they are reused; close one once it "
-        "has sat idle this long. `0`: close them as soon as they are returned (SQLAlchemy's "
-        "behaviour), which under sustained load reopens them, a TLS handshake each time.",
+        "Keep connections opened above `POOL_SIZE` while the load needs them: once some "
+        "connection has sat idle at every moment for this long, close one if more than "
+        "`POOL_SIZE` are idle (the next after another such period). `0`: close them as soon "
+        "as they are returned (SQLAlchemy's behaviour), which under sustained load reopens "
+        "them, a TLS handshake each time.",
     ),
     EnvKey(
         "POOL_LIFO",

@@ -123,8 +123,8 @@ MAX = Observed(
 IDLE_MAX = Observed(
     "db.client.connection.idle.max",
     "{connection}",
-    "The most idle connections the pool keeps (POOL_SIZE; connections above it are "
-    "closed once idle POOL_OVERFLOW_IDLE seconds)",
+    "The most idle connections the pool keeps (POOL_SIZE; connections above it close "
+    "again, one per POOL_OVERFLOW_IDLE seconds, once the load no longer needs them)",
     read=lambda s: s.pool_size,
 )
 IDLE_MIN = Observed(

@@ -34,6 +34,7 @@ without one pays a ``None`` check). Events are logged with their fields in
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -143,6 +144,7 @@ class AliasPool:
         self._free = pool.size + pool.max_overflow
         self._waiters: deque[Waiter] = deque()
         self._kept: dict[Lease, float] = {}  # lease -> when kept; oldest first
+        self._kept_since = 0.0  # since when _kept has not been empty (or the last reap)
         self._suspect_before = float("-inf")
         self._counters = Counters()
         self._physical: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -381,7 +383,7 @@ class AliasPool:
                 return False
             stays = not due and not self.retired and self._may_keep(now)
             if stays:
-                self._kept[lease] = now
+                self._add_kept(lease, now)
                 return True
         self._checkin(lease)
         return False
@@ -394,8 +396,23 @@ class AliasPool:
             return True
         if self._overflow_idle <= 0 or self._surplus():
             return False
+        return not self._reap_due(now)
+
+    def _add_kept(self, lease: Lease, now: float) -> None:
+        """Under the lock: ``lease`` joins the kept ones, as the newest."""
+        if not self._kept:
+            self._kept_since = now
+        self._kept[lease] = now
+
+    def _reap_due(self, now: float) -> bool:
+        """Under the lock: whether one connection has been more than the load needed
+        for ``overflow_idle``: some connection sat kept at every moment since then --
+        the oldest kept one, or the kept ones in turn (under ASGI no request takes its
+        own back, and the next one takes the connection kept first)."""
         oldest = next(iter(self._kept.values()), None)
-        return oldest is None or oldest > now - self._overflow_idle
+        if oldest is None:
+            return False
+        return min(oldest, self._kept_since) <= now - self._overflow_idle
 
     def take_back(self, lease: Lease) -> bool:
         """Take back a lease this caller gave to :meth:`keep`. ``False`` if another
@@ -443,7 +460,7 @@ class AliasPool:
                         # Keep a surplus connection for whoever needs one next,
                         # instead of closing it now and opening another (TLS
                         # handshake and all) at the next burst.
-                        self._kept[lease] = now
+                        self._add_kept(lease, now)
                         return
             self._return_to_queue(lease)
             self._reap()
@@ -499,20 +516,31 @@ class AliasPool:
             logger.debug("multipool: error while discarding a connection", exc_info=True)
 
     def _reap(self) -> None:
-        """Close the oldest surplus connection if it sat kept ``overflow_idle`` seconds.
+        """Above ``pool_size``, close one connection once :meth:`_reap_due`; the next
+        one after another ``overflow_idle``, or sooner if it sat kept that long itself.
 
-        Runs on checkin, so a pool that goes quiet keeps its surplus until the
-        next request; never more than ``pool_size + max_overflow``.
+        SQLAlchemy's queue closes a connection given back only when it already holds
+        ``pool_size`` idle ones, so the oldest kept ones fill it first and the next
+        one closes; with fewer idle than that, nothing is surplus. Runs on checkin,
+        so a pool that goes quiet keeps its surplus until the next request.
         """
-        if self._queue.overflow() <= 0:
+        queue = self._queue
+        if queue.overflow() <= 0:
             return
-        cutoff = time.monotonic() - self._overflow_idle
+        now = time.monotonic()
         with self._lock:
-            oldest = next(iter(self._kept.items()), None)
-            if oldest is None or oldest[1] > cutoff:
+            if not self._reap_due(now):
                 return
-            del self._kept[oldest[0]]
-        self._return_to_queue(oldest[0])
+            room = queue.size() - queue.checkedin()
+            if len(self._kept) <= room:
+                return
+            reaped = list(itertools.islice(self._kept.items(), room + 1))
+            for lease, kept_at in reaped:
+                del self._kept[lease]
+                lease.info[RETURNED_AT] = kept_at
+            self._kept_since = now
+        for lease, _kept_at in reaped:
+            self._return_to_queue(lease)
 
     # -- observability and teardown -------------------------------------------------------
     def _open_count(self) -> int:
