@@ -4,6 +4,7 @@ of ``docs/troubleshooting.md`` (every error class, triggered for real and compar
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import importlib.util
 import os
 import re
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import markdown
 import pytest
 import yaml
 
@@ -82,6 +84,11 @@ def test_mkdocs_build_strict(tmp_path: Path) -> None:
     for page in OWN_PAGES:
         name = "index.html" if page == "index.md" else f"{page[:-3]}/index.html"
         assert (tmp_path / "site" / name).is_file(), name
+    # The link check's anchors are the site's: every heading id it finds is on the built page.
+    for page in sorted(DOCS.glob("*.md")):
+        name = "index.html" if page.name == "index.md" else f"{page.stem}/index.html"
+        built = set(re.findall(r'\sid="([^"]+)"', (tmp_path / "site" / name).read_text()))
+        assert _anchors(page) <= built, (page.name, sorted(_anchors(page) - built))
 
 
 # -- links ------------------------------------------------------------------------------------
@@ -92,24 +99,23 @@ _LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 _REF = re.compile(r"^\s*\[[^\]]+\]:\s*(\S+)", re.M)
 
 
-def _slug(heading: str) -> str:
-    """Python-Markdown's toc slug (the default mkdocs uses)."""
-    text = re.sub(r"<[^>]+>", "", heading)
-    text = re.sub(r"[`*_\[\]]", "", text)
-    text = re.sub(r"\]\([^)]*\)", "", text)
-    text = re.sub(r"[^\w\s-]", "", text).strip().lower()
-    return re.sub(r"[-\s]+", "-", text)
+def _markdown_extensions() -> tuple[list[str], dict[str, Any]]:
+    """The markdown extensions mkdocs.yml names, with their settings."""
+    names, settings = [], {}
+    for entry in yaml.safe_load(MKDOCS_YML.read_text())["markdown_extensions"]:
+        name, options = next(iter(entry.items())) if isinstance(entry, dict) else (entry, {})
+        names.append(name)
+        settings[name] = options or {}
+    return names, settings
 
 
+@functools.cache
 def _anchors(page: Path) -> set[str]:
-    text = _FENCE.sub("", page.read_text())
-    anchors = set()
-    for line in text.splitlines():
-        match = re.match(r"#{1,6}\s+(.*?)\s*#*\s*$", line)
-        if match:
-            anchors.add(_slug(match.group(1)))
-    anchors |= set(re.findall(r"\{\s*#([\w-]+)", text))
-    return anchors
+    """The ids of ``page`` as the site has them: headings slugged by the toc
+    extension, ``{#id}`` attributes (the page rendered with mkdocs.yml's extensions)."""
+    names, settings = _markdown_extensions()
+    html = markdown.markdown(page.read_text(), extensions=names, extension_configs=settings)
+    return set(re.findall(r'\sid="([^"]+)"', html))
 
 
 def _links(page: Path) -> list[str]:
