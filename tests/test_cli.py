@@ -494,6 +494,38 @@ def test_key_passphrase_and_private_key_never_printed(
         assert_no_secrets(out + err)
 
 
+def test_key_passphrase_from_a_file(
+    cli: Callable[..., Result], postgres_server: Any, tmp_path: Path
+) -> None:
+    """``DATABASE_SSLPASSWORD_FILE``: the server accepts the encrypted key it opens;
+    the passphrase is never printed, and a wrong one is reported naming the variable."""
+    server = postgres_server
+    cert, key = server.certs.client("certuser")
+    encrypted = _encrypted_key(Path(key), tmp_path / "certuser-encrypted.key")
+    passphrase = tmp_path / "key-passphrase"
+    passphrase.write_text(PASSPHRASE + "\n")
+    passphrase.chmod(0o400)
+    env = {
+        "DATABASE_URL": server.url("certuser"),
+        "DATABASE_SSLCERT": str(cert),
+        "DATABASE_SSLKEY": str(encrypted),
+        "DATABASE_SSLPASSWORD_FILE": str(passphrase),
+    }
+    for argv in (["config", "--json"], ["check", "--connect"]):
+        code, out, err = cli(*argv, **env)
+        assert code == EXIT_OK, out + err
+        assert_no_secrets(out + err, PASSPHRASE)
+    # certuser logs in with the client certificate only: the encrypted key worked.
+    assert " ok " in next(x for x in out.splitlines() if x.startswith("default "))
+
+    passphrase.chmod(0o600)
+    passphrase.write_text("Not-The-Passphrase")
+    code, out, err = cli("check", **env)
+    assert code == EXIT_PROBLEMS
+    assert "DATABASE_SSLPASSWORD_FILE" in out
+    assert_no_secrets(out + err, PASSPHRASE, "Not-The-Passphrase")
+
+
 # -- certs ------------------------------------------------------------------------------------
 
 

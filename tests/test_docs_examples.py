@@ -33,11 +33,11 @@ server's (PostgreSQL for ``postgres*`` schemes, else MySQL), the password of use
 ``app`` by its real one (other users keep name and password: the servers do not
 know them, which is how docs/cli.md shows a refused login); TLS file settings (a
 path, ``system``, or PEM text shortened with ``...``) by the server's CA and the
-``certuser`` client certificate; a key passphrase ``...`` by a real one of an
-encrypted copy of that key. A block of variables without a ``DATABASE_URL`` is
-checked on top of the PostgreSQL test server's. Output of commands that connect shows
-each test server's address as the address it replaced, and the directory a
-transcript runs in as ``/srv/mysite``.
+``certuser`` client certificate; a key passphrase ``...`` (or a passphrase file
+that does not exist) by a real one of an encrypted copy of that key. A block of
+variables without a ``DATABASE_URL`` is checked on top of the PostgreSQL test
+server's. Output of commands that connect shows each test server's address as the
+address it replaced, and the directory a transcript runs in as ``/srv/mysite``.
 """
 
 from __future__ import annotations
@@ -175,23 +175,34 @@ def point_at_servers(
         notes.append(f"{name}: {place}{doc.path} -> the {server.flavor} test server")
     for name, value in env.items():
         prefix, _, suffix = name.rpartition("DATABASE_")
-        if suffix not in (*FILE_KEYS, "SSLPASSWORD") or os.path.exists(value):
+        if suffix not in (*FILE_KEYS, "SSLPASSWORD", "SSLPASSWORD_FILE") or os.path.exists(value):
             continue
         if value.startswith("-----BEGIN") and "..." not in value:
             continue
         certs = _server_of(env.get(f"{prefix}DATABASE_URL", "postgresql"), servers).certs
         files = {"SSLROOTCERT": certs.ca_cert, "SSLCERT": certs.client("certuser")[0],
                  "SSLKEY": certs.client("certuser")[1]}
-        if f"{prefix}DATABASE_SSLPASSWORD" in env:
+        if {f"{prefix}DATABASE_SSLPASSWORD", f"{prefix}DATABASE_SSLPASSWORD_FILE"} & set(env):
             files["SSLKEY"] = servers.directory / "client-certuser.key"
         if suffix == "SSLPASSWORD":
             out[name] = PASSPHRASE
+        elif suffix == "SSLPASSWORD_FILE":
+            out[name] = str(_passphrase_file(servers.directory))
         elif value.startswith("-----BEGIN"):  # PEM text, shortened
             out[name] = files[suffix].read_text().strip().replace("\n", "\\n")
         else:
             out[name] = str(files[suffix])
         notes.append(f"{name}: {value[:40]} -> the test server's {suffix} file or text")
     return out, shown, notes
+
+
+def _passphrase_file(directory: Path) -> Path:
+    """A file holding the encrypted test key's passphrase, as a container secret."""
+    path = directory / "key-passphrase"
+    if not path.exists():
+        path.write_text(PASSPHRASE + "\n")
+        path.chmod(0o400)
+    return path
 
 
 def dotenv(blocks_: list[Block], env: dict[str, str]) -> str:

@@ -36,7 +36,7 @@ from multipool.pools import retirement
 from multipool.secrets.credentials import Credential, Credentials, refresh_margin
 from multipool.secrets.material import Material
 from tests.test_pool_logic import FakeConnection, make_pool
-from tests.test_tls import PKI, pki  # noqa: F401  (fixture)
+from tests.test_tls import PASSPHRASE, PKI, pki  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -235,6 +235,45 @@ def test_a_half_written_rotation_is_held_back(
     with open(server.seen[-1]["sslcert"], "rb") as handle:
         assert handle.read() == Path(new_cert).read_bytes()
     assert material.status()["certificate"]["subject"] == "CN=renewed"
+
+
+def test_a_key_rotated_to_a_new_passphrase_waits_for_a_restart(
+    pki: PKI, tmp_path: Path, caplog: pytest.LogCaptureFixture  # noqa: F811
+) -> None:
+    """``SSLPASSWORD_FILE`` is read at start: the driver gets that passphrase, and a
+    key encrypted with another one is held back, naming the variable."""
+    caplog.set_level(logging.INFO, logger="multipool.secrets")
+    directory = tmp_path / "tls"
+    directory.mkdir()
+    cert, key, passphrase = directory / "tls.crt", directory / "tls.key", tmp_path / "passphrase"
+    first_cert, first_key = pki.client("first", password=PASSPHRASE)
+    replace(cert, first_cert)
+    replace(key, first_key)
+    passphrase.write_text(PASSPHRASE + "\n")
+    passphrase.chmod(0o400)
+    spec = read_environment(source={
+        "DATABASE_URL": "postgresql://app@db.internal/app", "DATABASE_SSLMODE": "verify-full",
+        "DATABASE_SSLROOTCERT": pki.ca, "DATABASE_SSLCERT_FILE": str(cert),
+        "DATABASE_SSLKEY_FILE": str(key), "DATABASE_SSLPASSWORD_FILE": str(passphrase),
+        "DATABASE_ROTATION_CHECK": "0",
+    })["default"]
+    material, server = Material(spec), Server()
+    material.open(server, {})
+    assert server.seen[-1]["sslpassword"] == PASSPHRASE
+    other_cert, other_key = pki.client("other", password="another-passphrase")
+    replace(cert, other_cert)
+    replace(key, other_key)
+    material.open(server, {})
+    assert material.generation == 1
+    assert "does not decrypt" in str(material.held_back)
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "DATABASE_SSLPASSWORD_FILE" in errors[0]
+    assert PASSPHRASE not in errors[0] and "another-passphrase" not in errors[0]
+    renewed_cert, renewed_key = pki.client("renewed", password=PASSPHRASE)
+    replace(cert, renewed_cert)
+    replace(key, renewed_key)
+    material.open(server, {})
+    assert material.generation == 2 and material.held_back is None
 
 
 def refused_rotation(pki: PKI, tmp_path: Path) -> tuple[Material, Server, bytes]:  # noqa: F811

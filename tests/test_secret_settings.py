@@ -15,14 +15,14 @@ from typing import Any
 import pytest
 
 from multipool.checks import check_databases
-from multipool.config import databases, read_environment, spec_from_settings
+from multipool.config import databases, read_environment, spec_from_settings, validate_spec
 from multipool.config.explain import explain
 from multipool.errors import (
     ConfigurationError,
     SecretFileError,
     TLSFileError,
 )
-from tests.test_tls import PKI, pki  # noqa: F401  (fixture)
+from tests.test_tls import PASSPHRASE, PKI, pki  # noqa: F401  (fixture)
 
 PG = "postgresql://app@db.internal:5432/app"
 
@@ -269,6 +269,70 @@ def test_world_readable_key_file(pki: PKI, tmp_path: Path) -> None:  # noqa: F81
                      "DATABASE_SSLKEY_FILE": str(loose)})
     assert isinstance(exc, TLSFileError) and exc.setting == "DATABASE_SSLKEY_FILE"
     assert "readable by group or others" in exc.problem
+
+
+# -- SSLPASSWORD_FILE ---------------------------------------------------------------------------
+
+
+def test_key_passphrase_file_gives_the_passphrase(pki: PKI, tmp_path: Path) -> None:  # noqa: F811
+    cert, key = pki.client("enc", password=PASSPHRASE)
+    path = secret_file(tmp_path, PASSPHRASE + "\n", name="key-passphrase")
+    spec = read_environment(source={
+        "DATABASE_URL": PG, "DATABASE_SSLMODE": "verify-full",
+        "DATABASE_SSLROOTCERT": str(pki.ca), "DATABASE_SSLCERT": cert, "DATABASE_SSLKEY": key,
+        "DATABASE_SSLPASSWORD_FILE": path,
+        "DATABASE_REPLICAS": "replica1", "REPLICA1_DATABASE_URL": PG,
+    })
+    default = spec["default"]
+    assert default.tls.key_password == PASSPHRASE  # the line ending is not part of it
+    assert default.setting("tls_key_password") == "DATABASE_SSLPASSWORD_FILE"
+    assert spec["replica1"].tls == default.tls  # inherited like the other TLS settings
+    assert validate_spec(default) == []  # the key opens with it
+    assert PASSPHRASE not in repr(default)
+
+
+def test_wrong_passphrase_in_the_file_names_the_file_variable(
+    pki: PKI, tmp_path: Path  # noqa: F811
+) -> None:
+    cert, key = pki.client("enc", password=PASSPHRASE)
+    path = secret_file(tmp_path, "Not-The-Passphrase", name="key-passphrase")
+    exc = env_error({
+        "DATABASE_URL": PG, "DATABASE_SSLMODE": "verify-full", "DATABASE_SSLROOTCERT": str(pki.ca),
+        "DATABASE_SSLCERT": cert, "DATABASE_SSLKEY": key, "DATABASE_SSLPASSWORD_FILE": path,
+    })
+    assert isinstance(exc, TLSFileError) and exc.setting == "DATABASE_SSLPASSWORD_FILE"
+    assert "does not decrypt the client key" in exc.problem
+    assert "Not-The-Passphrase" not in str(exc)
+
+
+@pytest.mark.parametrize(
+    ("environ", "problem"),
+    [
+        ({"DATABASE_SSLPASSWORD": PASSPHRASE}, "DATABASE_SSLPASSWORD is set too"),
+        ({}, "does not exist"),
+    ],
+    ids=["with-SSLPASSWORD", "missing-file"],
+)
+def test_key_passphrase_file_errors(tmp_path: Path, environ: dict[str, str], problem: str) -> None:
+    path = secret_file(tmp_path, PASSPHRASE) if environ else str(tmp_path / "missing")
+    exc = env_error({"DATABASE_URL": PG, "DATABASE_SSLPASSWORD_FILE": path, **environ})
+    assert exc.setting == "DATABASE_SSLPASSWORD_FILE" and problem in exc.problem
+    assert PASSPHRASE not in str(exc)
+
+
+def test_key_passphrase_file_variable_given_the_passphrase_itself() -> None:
+    exc = env_error({"DATABASE_URL": PG, "DATABASE_SSLPASSWORD_FILE": PASSPHRASE})
+    assert isinstance(exc, SecretFileError) and exc.setting == "DATABASE_SSLPASSWORD_FILE"
+    assert PASSPHRASE not in str(exc)
+
+
+@pytest.mark.parametrize("url", ["mysql://app@db.internal/app", "sqlite:///app.sqlite3"])
+def test_key_passphrase_file_is_postgresql_only(tmp_path: Path, url: str) -> None:
+    mode = {} if url.startswith("sqlite") else {"DATABASE_SSLMODE": "require"}
+    exc = env_error({"DATABASE_URL": url, **mode,
+                     "DATABASE_SSLPASSWORD_FILE": secret_file(tmp_path, PASSPHRASE)})
+    assert "DATABASE_SSLPASSWORD_FILE" in str(exc)
+    assert PASSPHRASE not in str(exc)
 
 
 def test_rotation_check_setting() -> None:

@@ -21,6 +21,7 @@ from multipool.config.options import SplitOptions, split_options
 from multipool.config.secret_settings import (
     TLS_FILE_FIELDS,
     alias_url,
+    key_passphrase_from_file,
     secrets_from_env,
     tls_file_path,
     validate_secrets,
@@ -177,19 +178,21 @@ def _apply(
 ) -> None:
     """Parse one environment value into ``layer`` (other keys are read elsewhere)."""
     base_dir = env.base_dir
+    if field_name.startswith("tls_") and vendor == "sqlite":
+        check_tls_support(alias, vendor, TLSSpec(mode="require"), settings={"mode": var})
     if field_name in POOL_OPTION_KEYS:
         layer.pool[field_name] = (parse_pool_value(alias, field_name, raw, var), var)
     elif field_name in TLS_FILE_FIELDS:
         tls_field = TLS_FILE_FIELDS[field_name]
-        if vendor == "sqlite":
-            check_tls_support(alias, vendor, TLSSpec(mode="require"), settings={"mode": var})
         path = tls_file_path(alias, var, tls_field, raw, env)
         if path is not None:
             layer.tls[tls_field] = (path, var)
+    elif field_name == "tls_key_password_file":
+        passphrase = key_passphrase_from_file(alias, var, raw, env)
+        if passphrase is not None:
+            layer.tls["key_password"] = (passphrase, var)
     elif field_name.startswith("tls_"):
         tls_field = field_name.removeprefix("tls_")
-        if vendor == "sqlite":
-            check_tls_support(alias, vendor, TLSSpec(mode="require"), settings={"mode": var})
         value = normalize_tls_field(alias, tls_field, raw, var, base_dir=base_dir)
         if value is not None:
             layer.tls[tls_field] = (value, var)

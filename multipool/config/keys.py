@@ -324,6 +324,16 @@ ENV_KEYS: tuple[EnvKey, ...] = (
         "with `SSLKEY`.",
     ),
     EnvKey(
+        "SSLPASSWORD_FILE",
+        "tls_key_password_file",
+        "path",
+        "none",
+        "`SSLPASSWORD` in the `_FILE` form: a file holding the passphrase of an encrypted "
+        "client key (PostgreSQL only; one line ending at the end is not part of it). Read "
+        "with the settings, at start: a new passphrase takes a restart. Not together with "
+        "`SSLPASSWORD`.",
+    ),
+    EnvKey(
         "SSLCRL_FILE",
         "tls_crl_file",
         "path",

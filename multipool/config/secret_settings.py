@@ -11,11 +11,13 @@ The container convention (the official postgres image's ``POSTGRES_PASSWORD_FILE
   connect when its last answer is due (:mod:`multipool.secrets.credentials`);
 * ``DATABASE_SSLROOTCERT_FILE``, ``SSLCERT_FILE``, ``SSLKEY_FILE``,
   ``SSLCRL_FILE``: the certificate files, as ``SSLROOTCERT=/path`` would, but
-  never PEM text.
+  never PEM text;
+* ``DATABASE_SSLPASSWORD_FILE``: the client key's passphrase, once, with the
+  settings (the spec keeps it, as it keeps ``SSLPASSWORD``).
 
 A variable and its ``_FILE`` form together are an error, and so is more than
-one source of the password. Nothing here keeps a password from a file in a
-spec: the spec records the file.
+one source of the password. Nothing here keeps a database password from a file
+in a spec: the spec records the file.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ __all__ = [
     "TLS_FILE_FIELDS",
     "alias_url",
     "check_secrets",
+    "key_passphrase_from_file",
     "secrets_from_env",
     "secrets_from_meta",
     "tls_file_path",
@@ -156,9 +159,7 @@ def tls_file_path(
     if raw is None or str(raw).strip() == "":
         return None
     plain_var = file_var.removesuffix("_FILE")
-    if env.from_source(plain_var) is not None or (
-        env.from_source(file_var) is None and env.from_defaults(plain_var) is not None
-    ):
+    if _plain_form_set(env, file_var):
         raise _conflict(alias, file_var, plain_var, f"TLS {tls_field} file")
     text = str(raw).strip()
     if is_pem_text(text) or (tls_field == "ca" and text.lower() == "system"):
@@ -167,6 +168,30 @@ def tls_file_path(
             f"give PEM text or 'system' in {plain_var}; {file_var} names a file",
         )
     return _file_path(alias, file_var, text, env.base_dir, TLSFileError)
+
+
+def _plain_form_set(env: Source, file_var: str) -> bool:
+    """Whether the variable without ``_FILE`` is set where ``file_var`` is not
+    outranked: in the environment, or in the defaults when ``file_var`` is not set."""
+    plain_var = file_var.removesuffix("_FILE")
+    return env.from_source(plain_var) is not None or (
+        env.from_source(file_var) is None and env.from_defaults(plain_var) is not None
+    )
+
+
+def key_passphrase_from_file(alias: str, file_var: str, raw: Any, env: Source) -> str | None:
+    """The passphrase in the file a ``SSLPASSWORD_FILE`` variable names; ``None``
+    when unset. ``SSLPASSWORD`` must not be set too."""
+    if raw is None or str(raw).strip() == "":
+        return None
+    if _plain_form_set(env, file_var):
+        raise _conflict(alias, file_var, file_var.removesuffix("_FILE"), "client key passphrase")
+    from multipool.secrets.files import read_secret_file, secret_text
+
+    what = "client key passphrase"
+    path = _file_path(alias, file_var, raw, env.base_dir, SecretFileError)
+    read = read_secret_file(alias, file_var, path, what, SecretFileError)
+    return secret_text(alias, file_var, path, read.data, what, SecretFileError)
 
 
 def check_secrets(
