@@ -305,19 +305,18 @@ def test_wrong_passphrase_in_the_file_names_the_file_variable(
     assert "Not-The-Passphrase" not in str(exc)
 
 
-@pytest.mark.parametrize(
-    ("environ", "problem"),
-    [
-        ({"DATABASE_SSLPASSWORD": PASSPHRASE}, "DATABASE_SSLPASSWORD is set too"),
-        ({}, "does not exist"),
-    ],
-    ids=["with-SSLPASSWORD", "missing-file"],
-)
-def test_key_passphrase_file_errors(tmp_path: Path, environ: dict[str, str], problem: str) -> None:
-    path = secret_file(tmp_path, PASSPHRASE) if environ else str(tmp_path / "missing")
-    exc = env_error({"DATABASE_URL": PG, "DATABASE_SSLPASSWORD_FILE": path, **environ})
-    assert exc.setting == "DATABASE_SSLPASSWORD_FILE" and problem in exc.problem
+def test_key_passphrase_file_and_plain_variable(tmp_path: Path) -> None:
+    exc = env_error({"DATABASE_URL": PG, "DATABASE_SSLPASSWORD": PASSPHRASE,
+                     "DATABASE_SSLPASSWORD_FILE": secret_file(tmp_path, PASSPHRASE)})
+    assert exc.setting == "DATABASE_SSLPASSWORD_FILE"
+    assert "DATABASE_SSLPASSWORD is set too" in exc.problem
     assert PASSPHRASE not in str(exc)
+
+
+def test_missing_key_passphrase_file(tmp_path: Path) -> None:
+    exc = env_error({"DATABASE_URL": PG, "DATABASE_SSLPASSWORD_FILE": str(tmp_path / "missing")})
+    assert isinstance(exc, SecretFileError) and exc.setting == "DATABASE_SSLPASSWORD_FILE"
+    assert "does not exist" in exc.problem
 
 
 def test_key_passphrase_file_variable_given_the_passphrase_itself() -> None:
