@@ -666,7 +666,8 @@ class AppRun:
     cwd: Path
     needles: list[str]  # the lines of the key's PEM body
     roots: list[str]  # everywhere the application could have written a file
-    key_files_before: dict[str, tuple[int, int]]  # the key's own file, other tests' copies
+    since_ns: int  # files changed since then (ctime) are searched for the key
+    key_files_before: dict[str, tuple[int, int]]  # copies changed shortly before
 
 
 def certuser_environment(server: Any) -> dict[str, str]:
@@ -702,7 +703,8 @@ def run_app(
     }
     needles = pem_body_lines(server.certs.client("certuser")[1].read_text())
     roots = [str(home), str(temp), str(cwd), *filter(os.path.isdir, SYSTEM_TEMP_DIRS)]
-    before = files_holding(needles, roots)
+    since_ns = time.time_ns() - CLOCK_MARGIN_NS
+    before = files_holding(needles, roots, since_ns)
     proc = subprocess.Popen(
         [sys.executable, "-c", APP, storage, handler],
         cwd=cwd, env=env, text=True,
@@ -730,12 +732,22 @@ def run_app(
             proc.kill()
             proc.wait()
     return AppRun(
-        report, proc.returncode, out, err, seconds, home, temp, cwd, needles, roots, before
+        report, proc.returncode, out, err, seconds, home, temp, cwd, needles, roots, since_ns,
+        before,
     )
 
 
-def files_holding(needles: list[str], roots: Iterable[str]) -> dict[str, tuple[int, int]]:
-    """Regular files under ``roots`` that contain a needle: path -> (inode, mtime)."""
+#: how far before a run files count as changed during it (the file clock is coarse)
+CLOCK_MARGIN_NS = 2_000_000_000
+
+
+def files_holding(
+    needles: list[str], roots: Iterable[str], since_ns: int
+) -> dict[str, tuple[int, int]]:
+    """Regular files under ``roots``, changed (ctime) since ``since_ns``, that contain
+    a needle: path -> (inode, mtime). A file written during a run has a later ctime
+    whatever its writer does; older files are not read (a shared /tmp may hold
+    gigabytes)."""
     found = {}
     for root in roots:
         for directory, _, names in os.walk(root):
@@ -743,8 +755,8 @@ def files_holding(needles: list[str], roots: Iterable[str]) -> dict[str, tuple[i
                 path = os.path.join(directory, name)
                 try:
                     st = os.lstat(path)
-                    if not stat.S_ISREG(st.st_mode):
-                        continue  # never open a socket or a FIFO
+                    if not stat.S_ISREG(st.st_mode) or st.st_ctime_ns < since_ns:
+                        continue  # older, or not a file (never open a socket or a FIFO)
                     with open(path, "rb") as handle:
                         data = handle.read(1 << 20)
                 except OSError:
@@ -756,7 +768,7 @@ def files_holding(needles: list[str], roots: Iterable[str]) -> dict[str, tuple[i
 
 def key_on_disk(run: AppRun) -> dict[str, tuple[int, int]]:
     """Files holding the key that were not there, as they are, before the run."""
-    now = files_holding(run.needles, run.roots)
+    now = files_holding(run.needles, run.roots, run.since_ns)
     return {path: seen for path, seen in now.items() if run.key_files_before.get(path) != seen}
 
 
