@@ -27,6 +27,7 @@ POOL_COUNTERS: dict[str, dict[str, str]] = {
         "timeouts": "requests_errors", "connects": "connections_num",
     },
 }
+POOL_COUNTERS["django_pool_control"] = POOL_COUNTERS["django_pool"]
 
 
 def _merge_blocks(blocks: Sequence[Mapping[str, Any]], views: Sequence[str],

@@ -42,6 +42,7 @@ from typing import Any
 from benchmarks.app_project.configs import (
     APP_CONFIGS,
     CONFIG_VARIABLE,
+    OPT_IN,
     POOLED,
     engine_configs,
 )
@@ -374,7 +375,7 @@ def run(
         server = servers.get(engine)
         if server is None:
             continue
-        chosen = [c for c in engine_configs(engine) if configs is None or c in configs]
+        chosen = list(engine_configs(engine, configs))
         if not chosen:  # e.g. only django_pool, on MariaDB
             continue
         for config in chosen:
@@ -453,7 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     defaults = Options()
     parser.add_argument("--engines", default=",".join(ENGINES), help="postgresql,mysql")
     parser.add_argument("--app-servers", default=",".join(APP_SERVERS), help="gthread,uvicorn")
-    parser.add_argument("--configs", default=",".join(APP_CONFIGS),
+    parser.add_argument("--configs", default=",".join(c for c in APP_CONFIGS if c not in OPT_IN),
                         help="subset of " + ",".join(APP_CONFIGS))
     parser.add_argument("--tls", choices=tuple(TLS_VARIANTS), default=defaults.tls)
     parser.add_argument("--placement", choices=("split", "none"), default=defaults.placement,

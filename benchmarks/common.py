@@ -47,6 +47,8 @@ CONFIGS: dict[str, str] = {
 }
 #: configurations that run multipool's backends (of this checkout or of the baseline)
 MULTIPOOL_CONFIGS = ("multipool", "multipool_baseline")
+#: Django's native pool (PostgreSQL's only), and its A/A control in the app-server benchmark
+NATIVE_POOL_CONFIGS = ("django_pool", "django_pool_control")
 #: configurations that exist only for some engines
 ENGINE_CONFIGS: dict[str, tuple[str, ...]] = {
     "postgresql": tuple(c for c in CONFIGS if c != "multipool_baseline"),

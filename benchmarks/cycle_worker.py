@@ -37,6 +37,7 @@ from benchmarks.common import (
     BENCH_ROWS,
     BENCH_TABLE,
     MULTIPOOL_CONFIGS,
+    NATIVE_POOL_CONFIGS,
     configure_django,
     entry_from_environ,
 )
@@ -215,7 +216,7 @@ def pool_stats(config: str) -> dict[str, Any] | None:
 
         stats = manager.stats("default").get("default")
         return stats.as_dict() if stats else None
-    if config == "django_pool":
+    if config in NATIVE_POOL_CONFIGS:
         from django.db import connections
 
         pool = connections["default"].pool
@@ -230,7 +231,7 @@ def close_pools(config: str) -> None:
         from multipool.pools import manager
 
         manager.dispose()
-    elif config == "django_pool":
+    elif config in NATIVE_POOL_CONFIGS:
         connections["default"].close_pool()
     elif config == "dj_db_conn_pool":
         from dj_db_conn_pool.core import pool_container

@@ -142,6 +142,32 @@ def test_app_servers_benchmark_smoke(
         assert server.connection_count(database=database_name(config)) == 0
 
 
+def test_the_a_a_control_runs_when_named(postgres_server: Any) -> None:
+    """``django_pool_control``: Django's native pool again, in processes and a database
+    of its own, taken against Django's pool like any configuration; a run leaves it out
+    unless ``--configs`` names it."""
+    require_modules(NEEDED, "the app-server benchmark")
+    from benchmarks import app_report, app_servers
+    from benchmarks.app_project.configs import engine_configs
+
+    assert "django_pool_control" not in engine_configs("postgresql")
+    opts = app_servers.Options(
+        requests=REQUESTS, rounds=ROUNDS, warmup=4, concurrency=4, pool_size=2, max_overflow=1,
+    )
+    results = app_servers.run(
+        {"postgresql": postgres_server}, opts, app_servers=("uvicorn",),
+        configs=("django_pool", "django_pool_control"), log=None,
+    )
+    (group,) = results["groups"]
+    for view, res in group["views"].items():
+        assert list(res["configs"]) == ["django_pool", "django_pool_control"], view
+        control = res["configs"]["django_pool_control"]
+        assert control["errors"] == 0 and control["within_budget"] is True, view
+        assert control["pool"]["checkouts"] == control["requests"], view  # its own pool
+        assert res["ratios"]["django_pool_control_vs_django_pool"]["median"] > 0, view
+    assert "A/A control" in app_report.results_table(results)
+
+
 def test_exception_lines_are_the_last_lines_of_tracebacks() -> None:
     from benchmarks.app_servers import exception_lines
 

@@ -12,10 +12,10 @@ same TLS options. The three pools get the same connection limit per process:
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from benchmarks.common import LABELS, stock_entry
+from benchmarks.common import LABELS, NATIVE_POOL_CONFIGS, stock_entry
 
 #: the environment variable naming the configuration of an application server
 CONFIG_VARIABLE = "MPBENCH_CONFIG"
@@ -34,15 +34,31 @@ APP_CONFIGS: dict[str, str] = {
         "django-db-connection-pool: POOL_SIZE, MAX_OVERFLOW, its defaults otherwise"
     ),
     "multipool": "multipool: DATABASE_POOL_SIZE, DATABASE_MAX_OVERFLOW, defaults otherwise",
+    "django_pool_control": (
+        "Django's native pool again, in processes and a database of its own: the A/A "
+        "control, what two processes of one configuration differ by"
+    ),
 }
-APP_LABELS: dict[str, str] = {**LABELS, "conn_max_age_60": "Django CONN_MAX_AGE=60"}
+APP_LABELS: dict[str, str] = {
+    **LABELS,
+    "conn_max_age_60": "Django CONN_MAX_AGE=60",
+    "django_pool_control": "Django native pool (A/A control)",
+}
 #: the configurations whose connections a pool caps at POOL_SIZE + MAX_OVERFLOW per process
-POOLED = ("django_pool", "dj_db_conn_pool", "multipool")
+POOLED = ("django_pool", "dj_db_conn_pool", "multipool", "django_pool_control")
+#: the configurations a run leaves out unless they are named (``--configs``)
+OPT_IN = ("django_pool_control",)
 
 
-def engine_configs(engine: str) -> tuple[str, ...]:
-    """The configurations of ``engine``: Django's native pool is PostgreSQL's only."""
-    return tuple(c for c in APP_CONFIGS if engine == "postgresql" or c != "django_pool")
+def engine_configs(engine: str, configs: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The configurations of ``engine`` among ``configs`` (default: all but
+    :data:`OPT_IN`), in :data:`APP_CONFIGS` order: Django's native pool is
+    PostgreSQL's only."""
+    chosen = [c for c in APP_CONFIGS if c not in OPT_IN] if configs is None else configs
+    return tuple(
+        c for c in APP_CONFIGS
+        if c in chosen and (engine == "postgresql" or c not in NATIVE_POOL_CONFIGS)
+    )
 
 
 def database_entry(
@@ -67,7 +83,7 @@ def database_entry(
     max_overflow = int(environ["DATABASE_MAX_OVERFLOW"])
     entry = stock_entry(mp, vendor)
     entry["CONN_MAX_AGE"] = 60 if config == "conn_max_age_60" else 0
-    if config == "django_pool":
+    if config in NATIVE_POOL_CONFIGS:
         if vendor != "postgresql":
             raise ValueError("Django's native pool exists for PostgreSQL only")
         entry["OPTIONS"]["pool"] = {"min_size": pool_size, "max_size": pool_size + max_overflow}
