@@ -5,8 +5,8 @@ TLS options), ``DATABASE_POOL_SIZE`` and ``DATABASE_MAX_OVERFLOW``. multipool's
 entry is built from it as users build it (``multipool.databases()``); the
 others are derived from that entry (:func:`benchmarks.common.stock_entry`), so
 that every configuration talks to the same server as the same user with the
-same TLS options. The three pools get the same connection limit per process:
-``POOL_SIZE + MAX_OVERFLOW``.
+same TLS options. Every pool (the three, and the A/A control's) gets the same
+connection limit per process: ``POOL_SIZE + MAX_OVERFLOW``.
 """
 
 from __future__ import annotations
