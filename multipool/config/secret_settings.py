@@ -109,11 +109,9 @@ def alias_url(
     if url is not None:
         raise _conflict(alias, file_var, url_var, "database URL")
     path = _file_path(alias, file_var, raw_file, env.base_dir, SecretFileError)
-    from multipool.secrets.files import read_secret_file, secret_text
+    from multipool.secrets.files import read_secret_text
 
-    read = read_secret_file(alias, file_var, path, "database URL", SecretFileError)
-    return secret_text(alias, file_var, path, read.data, "database URL", SecretFileError).strip(), \
-        file_var, path
+    return read_secret_text(alias, file_var, path, "database URL").strip(), file_var, path
 
 
 def secrets_from_env(
@@ -186,12 +184,10 @@ def key_passphrase_from_file(alias: str, file_var: str, raw: Any, env: Source) -
         return None
     if _plain_form_set(env, file_var):
         raise _conflict(alias, file_var, file_var.removesuffix("_FILE"), "client key passphrase")
-    from multipool.secrets.files import read_secret_file, secret_text
+    from multipool.secrets.files import read_secret_text
 
-    what = "client key passphrase"
     path = _file_path(alias, file_var, raw, env.base_dir, SecretFileError)
-    read = read_secret_file(alias, file_var, path, what, SecretFileError)
-    return secret_text(alias, file_var, path, read.data, what, SecretFileError)
+    return read_secret_text(alias, file_var, path, "client key passphrase")
 
 
 def check_secrets(
@@ -245,11 +241,9 @@ def secrets_from_meta(alias: str, meta: Mapping[str, Any]) -> SecretSpec:
 
 def validate_secrets(alias: str, names: SettingNames, secrets: SecretSpec) -> None:
     """The password and URL files exist, can be read and are not empty."""
-    from multipool.secrets.files import read_secret_file, secret_text
+    from multipool.secrets.files import read_secret_text
 
     for key, what in (("password_file", "password"), ("url_file", "database URL")):
         path = getattr(secrets, key)
         if path is not None:
-            setting = names.of(key)
-            read = read_secret_file(alias, setting, path, what, SecretFileError)
-            secret_text(alias, setting, path, read.data, what, SecretFileError)
+            read_secret_text(alias, names.of(key), path, what)

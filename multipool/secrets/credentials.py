@@ -34,10 +34,9 @@ from multipool.errors import (
     ConfigurationError,
     CredentialProviderError,
     CredentialsUnavailable,
-    SecretFileError,
 )
 from multipool.notices import first_report
-from multipool.secrets.files import read_secret_file, secret_text
+from multipool.secrets.files import read_secret_text
 
 if TYPE_CHECKING:
     from multipool.config.specs import DatabaseSpec
@@ -245,8 +244,7 @@ class Credentials:
         path = secrets.url_file if self.kind == "url file" else secrets.password_file
         assert path is not None
         what = "database URL" if self.kind == "url file" else "password"
-        read = read_secret_file(spec.alias, self.setting, path, what, SecretFileError)
-        text = secret_text(spec.alias, self.setting, path, read.data, what, SecretFileError)
+        text = read_secret_text(spec.alias, self.setting, path, what)
         now = time.monotonic()
         if self.kind == "file":
             return Login(spec.user, text, now)

@@ -13,11 +13,13 @@ import os
 import stat
 from typing import NamedTuple
 
-from multipool.errors import ConfigurationError
+from multipool.errors import ConfigurationError, SecretFileError
 from multipool.tls.files import key_permission_error, key_too_open
 from multipool.tls.pem import show_path
 
-__all__ = ["FileRead", "Signature", "read_secret_file", "secret_text", "signature"]
+__all__ = [
+    "FileRead", "Signature", "read_secret_file", "read_secret_text", "secret_text", "signature",
+]
 
 #: (device, inode, size, mtime_ns, ctime_ns) of a file; ``None``: it cannot be looked at
 Signature = tuple[int, int, int, int, int]
@@ -135,3 +137,11 @@ def secret_text(
         raise error(alias, setting, f"the {what} file {show_path(path)} {problem}",
                     f"write the {what} into it, on one line")
     return text
+
+
+def read_secret_text(alias: str, setting: str, path: str, what: str) -> str:
+    """The text of the secret file ``path`` (:func:`read_secret_file`, then
+    :func:`secret_text`); what is wrong with it raises a
+    :class:`~multipool.errors.SecretFileError` naming ``setting``."""
+    read = read_secret_file(alias, setting, path, what, SecretFileError)
+    return secret_text(alias, setting, path, read.data, what, SecretFileError)
