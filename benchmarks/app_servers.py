@@ -42,7 +42,7 @@ from typing import Any
 from benchmarks.app_project.configs import (
     APP_CONFIGS,
     CONFIG_VARIABLE,
-    OPT_IN,
+    DEFAULT_CONFIGS,
     POOLED,
     engine_configs,
 )
@@ -454,7 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     defaults = Options()
     parser.add_argument("--engines", default=",".join(ENGINES), help="postgresql,mysql")
     parser.add_argument("--app-servers", default=",".join(APP_SERVERS), help="gthread,uvicorn")
-    parser.add_argument("--configs", default=",".join(c for c in APP_CONFIGS if c not in OPT_IN),
+    parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
                         help="subset of " + ",".join(APP_CONFIGS))
     parser.add_argument("--tls", choices=tuple(TLS_VARIANTS), default=defaults.tls)
     parser.add_argument("--placement", choices=("split", "none"), default=defaults.placement,

@@ -48,13 +48,15 @@ APP_LABELS: dict[str, str] = {
 POOLED = ("django_pool", "dj_db_conn_pool", "multipool", "django_pool_control")
 #: the configurations a run leaves out unless they are named (``--configs``)
 OPT_IN = ("django_pool_control",)
+#: the configurations a run compares when none are named
+DEFAULT_CONFIGS = tuple(c for c in APP_CONFIGS if c not in OPT_IN)
 
 
 def engine_configs(engine: str, configs: Sequence[str] | None = None) -> tuple[str, ...]:
-    """The configurations of ``engine`` among ``configs`` (default: all but
-    :data:`OPT_IN`), in :data:`APP_CONFIGS` order: Django's native pool is
-    PostgreSQL's only."""
-    chosen = [c for c in APP_CONFIGS if c not in OPT_IN] if configs is None else configs
+    """The configurations of ``engine`` among ``configs`` (default:
+    :data:`DEFAULT_CONFIGS`), in :data:`APP_CONFIGS` order: Django's native pool
+    is PostgreSQL's only."""
+    chosen = DEFAULT_CONFIGS if configs is None else configs
     return tuple(
         c for c in APP_CONFIGS
         if c in chosen and (engine == "postgresql" or c not in NATIVE_POOL_CONFIGS)
